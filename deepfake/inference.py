@@ -1,0 +1,55 @@
+"""Batched prediction, shared by training, evaluation and the ensemble."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NCHW -> float [0, 1] on the device, the only input form the models take."""
+    return batch.to(device, non_blocking=True).float().div_(255)
+
+
+def as_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+@torch.no_grad()
+def predict_fake_proba(
+    model: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    tta_flip: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """Probability of class 1 (fake) per image; images are uint8 NHWC arrays or uint8 NCHW tensors."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    batches = as_nchw_uint8(images).split(batch_size)
+    probs = []
+    for batch in tqdm(batches, desc="predict", disable=not progress, leave=False):
+        probs.append(fake_proba(model, to_float(batch, device), tta_flip).cpu())
+    model.train(was_training)
+    return torch.cat(probs).numpy() if probs else np.zeros(0, dtype=np.float32)
+
+
+def fake_proba(model: torch.nn.Module, images: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    """Softmax fake probability for float images; with tta_flip, averaged with the mirrored image."""
+    probs = model(images).softmax(1)[:, 1]
+    if tta_flip:
+        probs = (probs + model(images.flip(3)).softmax(1)[:, 1]) / 2
+    return probs

@@ -1,0 +1,218 @@
+"""The end-to-end run: discover -> split -> generate samples -> train (phase 1, phase 2) -> evaluate.
+
+Each finished phase is a checkpoint whose config fingerprint is checked on the next run, so an
+interrupted run resumes where it stopped and a finished model is never retrained by accident.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .config import TRAINING_KEYS, Config, config_from_dict
+from .data import ImageSet, load_labelled, resolve_data_dir, save_split, split_indices
+from .inference import select_device
+from .models import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from .results import library_versions, machine_description, results_path, update_results
+from .samples import adversarial_samples, augmented_samples
+from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, seed_everything, train_phase
+
+log = logging.getLogger(__name__)
+SPLIT_NAME = "split.json"
+
+
+class TqdmLoggingHandler(logging.Handler):
+    """Log lines that do not tear the progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record))
+
+
+def setup_runtime(config: Config) -> torch.device:
+    package_logger = logging.getLogger("deepfake")
+    if not package_logger.handlers:
+        handler = TqdmLoggingHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+        package_logger.propagate = False
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    seed_everything(config.seed)
+    return select_device(config.device)
+
+
+def run(config: Config, *, force: bool = False, evaluate_only: bool = False, explicit_data_dir: bool = True) -> dict:
+    """Train and evaluate every model in ``config.models``; returns the results dict."""
+    from .evaluate import evaluate_run
+
+    device = setup_runtime(config)
+    if evaluate_only:
+        return evaluate_run(config, device)
+
+    timings: dict[str, float] = {}
+    with _timed(timings, "load_data"):
+        data_dir = resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo")
+        config.data_dir = str(data_dir)
+        labelled = load_labelled(data_dir, config.image_size)
+        train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed)
+        train, val = labelled.subset(train_idx), labelled.subset(val_idx)
+        checkpoint_dir = Path(config.checkpoint_dir)
+        save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
+                   val_fraction=config.val_fraction)
+        data_id = hashlib.sha1("\n".join(train.paths).encode()).hexdigest()[:12]
+    log.info("data: %s | train %d, validation %d images", data_dir, len(train), len(val))
+
+    with _timed(timings, "augmented_samples"):
+        augmented = augmented_samples(train, config, data_id)
+    train_pool = ImageSet.concat(train, augmented)
+
+    path = results_path(checkpoint_dir)
+    test_dir = data_dir / "test"
+
+    def record_run(results: dict) -> None:
+        results.update(
+            config=config.to_dict(), seed=config.seed, versions=library_versions(), device=str(device),
+            machine=machine_description(), started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        results["data"] = {
+            "data_dir": str(data_dir),
+            "test_dir": str(test_dir) if test_dir.is_dir() else None,
+            "split_file": str(checkpoint_dir / SPLIT_NAME),
+            "counts": {"train": _class_counts(train), "val": _class_counts(val), "augmented": _class_counts(augmented)},
+        }
+        results.setdefault("models", {})
+        results["timings"] = timings
+
+    update_results(path, record_run)
+
+    fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
+    trainer = _ModelTrainer(config, device, path, fingerprint, force)
+    base_ready = [name for name in config.models if trainer.base(name, train_pool, val, timings)]
+    if not base_ready:
+        raise RuntimeError("no model finished base training; see the errors above")
+
+    crafted_by = trainer.best_base(base_ready)
+    with _timed(timings, "adversarial_samples"):
+        crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
+        adversarial = adversarial_samples(crafting_model, crafted_by, train, config, data_id, device)
+    finetune_pool = ImageSet.concat(train_pool, adversarial)
+
+    def record_samples(results: dict) -> None:
+        results["data"]["counts"]["adversarial"] = _class_counts(adversarial)
+        results["adversarial_samples"] = {
+            "crafted_by": crafted_by, "count": len(adversarial), "epsilons": list(config.fgsm_epsilons),
+            "dir": str(Path(config.generated_dir) / "adversarial"),
+        }
+        results["timings"] = timings
+
+    update_results(path, record_samples)
+
+    for name in base_ready:
+        trainer.finetune(name, finetune_pool, val, timings)
+
+    with _timed(timings, "evaluate"):
+        results = evaluate_run(config, device)
+    return update_results(path, lambda r: r.update(timings=timings))
+
+
+class _ModelTrainer:
+    """Runs one phase for one model, skipping it when a matching checkpoint already exists."""
+
+    def __init__(self, config: Config, device: torch.device, results_file: Path, fingerprint: str, force: bool):
+        self.config, self.device, self.results_file = config, device, results_file
+        self.fingerprint, self.force = fingerprint, force
+
+    def checkpoint(self, name: str, phase: str) -> Path:
+        return Path(self.config.checkpoint_dir) / f"{name}_{phase}.pt"
+
+    def base(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
+        if self._is_current(name, "final") or self._is_current(name, "base"):
+            log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
+            return True
+        model = build_model(name, pretrained=self.config.pretrained).to(self.device)
+        return self._train(name, model, base_settings(self.config), pool, val, timings)
+
+    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
+        if self._is_current(name, "final"):
+            log.info("%s: final checkpoint matches the config, skipping phase 2 (--force retrains)", name)
+            return True
+        model = load_checkpoint(self.checkpoint(name, "base"), self.device)
+        return self._train(name, model, finetune_settings(self.config), pool, val, timings)
+
+    def best_base(self, names: list[str]) -> str:
+        accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}
+        return max(accuracies, key=accuracies.get)
+
+    def _train(self, name, model, settings: PhaseSettings, pool, val, timings) -> bool:
+        phase = "final" if settings.name == "finetune" else "base"
+        log.info("%s: %s phase, %d epochs on %d images", name, settings.name, settings.epochs, len(pool))
+        try:
+            with _timed(timings, f"{settings.name}:{name}"):
+                outcome = train_phase(model, pool, val, self.config, settings, self.device, label=name)
+        except NonFiniteLossError as error:
+            log.error("%s", error)
+            update_results(self.results_file, lambda r: r["models"].setdefault(name, {}).update(error=str(error)))
+            return False
+        save_checkpoint(
+            self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,
+            metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint},
+        )
+
+        def record(results: dict) -> None:
+            if settings.name == "base":
+                results["models"][name] = {"pretrained": bool(model.pretrained_loaded)}
+            entry = results["models"].setdefault(name, {})
+            entry.pop("error", None)
+            entry.setdefault("checkpoints", {})[phase] = str(self.checkpoint(name, phase))
+            entry.setdefault("history", {})[settings.name] = outcome.history
+            entry.setdefault("val", {})[phase] = outcome.val_metrics
+            entry.setdefault("images_per_second", {})[settings.name] = outcome.images_per_second
+            entry.setdefault("wall_seconds", {})[settings.name] = outcome.seconds
+            if settings.name == "base":
+                entry["best_epoch"] = outcome.best_epoch
+            results["timings"] = timings
+
+        update_results(self.results_file, record)
+        log.info("%s: %s done, val accuracy %.4f -> %s", name, settings.name, outcome.val_metrics["accuracy"],
+                 self.checkpoint(name, phase))
+        return True
+
+    def _is_current(self, name: str, phase: str) -> bool:
+        if self.force or not self.checkpoint(name, phase).exists():
+            return False
+        try:
+            payload = read_checkpoint(self.checkpoint(name, phase))
+        except CheckpointError:
+            return False
+        return payload.get("metrics", {}).get("fingerprint") == self.fingerprint
+
+
+def _class_counts(images: ImageSet) -> dict[str, int]:
+    return {"real": int((images.labels == 0).sum()), "fake": int((images.labels == 1).sum())}
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    started = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - started, 2)
+
+
+def load_run_config(checkpoint_dir: str | Path) -> Config:
+    """The config a finished training run recorded, for evaluation and the ensemble."""
+    from .results import load_results
+
+    results = load_results(results_path(checkpoint_dir))
+    if "config" not in results:
+        raise CheckpointError(
+            f"no training run found in {checkpoint_dir}: run `python deepfake_detection.py` first"
+        )
+    return config_from_dict(results["config"])

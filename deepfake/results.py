@@ -1,0 +1,51 @@
+"""The run's single results file: training writes it, evaluation and the ensemble add to it."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Callable
+
+from .io import read_json, write_json
+
+RESULTS_NAME = "results.json"
+
+
+def results_path(checkpoint_dir: str | Path) -> Path:
+    return Path(checkpoint_dir) / RESULTS_NAME
+
+
+def load_results(path: str | Path) -> dict:
+    """The results so far, or an empty dict before the first run."""
+    path = Path(path)
+    return read_json(path) if path.exists() else {}
+
+
+def update_results(path: str | Path, mutate: Callable[[dict], None]) -> dict:
+    """Read-modify-write under an atomic rename, so other models' entries are never lost."""
+    results = load_results(path)
+    mutate(results)
+    write_json(path, results)
+    return results
+
+
+def library_versions() -> dict[str, str]:
+    import albumentations
+    import numpy
+    import sklearn
+    import timm
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "albumentations": albumentations.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def machine_description() -> str:
+    import os
+
+    return f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores"

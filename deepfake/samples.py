@@ -1,0 +1,102 @@
+"""Augmented and FGSM adversarial samples, derived from the training split only.
+
+Samples are written as PNG with a manifest recording each file's source image, label and
+the config that made them, so a rerun with the same config reuses them and a test can prove
+that no validation image was ever a source.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .attacks import fgsm, sample_epsilons
+from .config import TRAINING_KEYS, Config
+from .data import CLASS_NAMES, ImageSet, augment, heavy_transform, load_images, to_tensor
+from .inference import to_float
+from .io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def augmented_samples(train: ImageSet, config: Config, data_id: str) -> ImageSet:
+    """``augment_per_class`` heavy augmentations per class, each from a random training image."""
+    out_dir = Path(config.generated_dir) / "augmented"
+    fingerprint = f"{data_id}-{config.fingerprint(('seed', 'val_fraction', 'augment_per_class', 'image_size'))}"
+    cached = _load_cached(out_dir, fingerprint, config.image_size)
+    if cached is not None:
+        log.info("reusing %d augmented samples in %s", len(cached), out_dir)
+        return cached
+    rng = np.random.default_rng(config.seed)
+    sources = np.concatenate([
+        rng.choice(np.flatnonzero(train.labels == label), config.augment_per_class, replace=True)
+        for label in range(len(CLASS_NAMES))
+    ])
+    images = augment(train.images[sources], heavy_transform(), config.seed)
+    samples = ImageSet(images, train.labels[sources].copy(), [train.paths[i] for i in sources])
+    _write_samples(out_dir, samples, fingerprint, extra=[{} for _ in sources])
+    log.info("generated %d augmented samples in %s", len(samples), out_dir)
+    return _load_cached(out_dir, fingerprint, config.image_size)
+
+
+def adversarial_samples(
+    model: torch.nn.Module, crafted_by: str, train: ImageSet, config: Config, data_id: str, device: torch.device,
+) -> ImageSet:
+    """``adversarial_count`` FGSM images against a trained base model; each keeps its source's true label."""
+    out_dir = Path(config.generated_dir) / "adversarial"
+    fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
+    cached = _load_cached(out_dir, fingerprint, config.image_size)
+    if cached is not None:
+        log.info("reusing %d adversarial samples in %s", len(cached), out_dir)
+        return cached
+    generator = torch.Generator().manual_seed(config.seed + 7)
+    sources = torch.randperm(len(train), generator=generator)[: config.adversarial_count].numpy()
+    if len(sources) < config.adversarial_count:
+        sources = np.resize(sources, config.adversarial_count)
+    eps = sample_epsilons(len(sources), config.fgsm_epsilons, generator)
+    adversarial = []
+    for chunk in np.array_split(np.arange(len(sources)), max(1, len(sources) // config.eval_batch_size)):
+        x = to_float(to_tensor(train.images[sources[chunk]]), device)
+        y = torch.from_numpy(train.labels[sources[chunk]]).to(device)
+        x_adv = fgsm(model, x, y, eps[chunk].to(device))
+        adversarial.append((x_adv * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    samples = ImageSet(np.concatenate(adversarial), train.labels[sources].copy(), [train.paths[i] for i in sources])
+    extra = [{"eps": float(e), "crafted_by": crafted_by} for e in eps]
+    _write_samples(out_dir, samples, fingerprint, extra=extra, crafted_by=crafted_by)
+    log.info("generated %d FGSM samples with %s in %s", len(samples), crafted_by, out_dir)
+    return _load_cached(out_dir, fingerprint, config.image_size)
+
+
+def sample_manifest(out_dir: str | Path) -> dict:
+    return read_json(Path(out_dir) / MANIFEST)
+
+
+def _write_samples(out_dir: Path, samples: ImageSet, fingerprint: str, extra: list[dict], **meta) -> None:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    items = []
+    for i, (image, label, source) in enumerate(zip(samples.images, samples.labels, samples.paths)):
+        relative = Path(CLASS_NAMES[label]) / f"{i:05d}.png"
+        path = out_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes())
+        items.append({"file": relative.as_posix(), "source": source, "label": int(label), **extra[i]})
+    write_json(out_dir / MANIFEST, {"fingerprint": fingerprint, **meta, "items": items})
+
+
+def _load_cached(out_dir: Path, fingerprint: str, size: int) -> ImageSet | None:
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.exists():
+        return None
+    manifest = read_json(manifest_path)
+    files = [out_dir / item["file"] for item in manifest["items"]]
+    if manifest.get("fingerprint") != fingerprint or not all(f.exists() for f in files):
+        return None
+    images, _ = load_images(files, size)
+    labels = np.array([item["label"] for item in manifest["items"]], dtype=np.int64)
+    return ImageSet(images, labels, [str(f) for f in files])

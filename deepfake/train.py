@@ -1,0 +1,185 @@
+"""The training loop behind both phases: base training, then 70/30 clean/FGSM fine-tuning.
+
+One loop serves both phases; they differ only in learning rate, epochs, early stopping and the
+share of each batch that is crafted adversarially against the current weights.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from tqdm.auto import tqdm
+
+from .attacks import fgsm, sample_epsilons
+from .config import Config
+from .data import ImageSet, augment, to_tensor, train_transform
+from .inference import predict_fake_proba, to_float
+from .metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; raised instead of saving a broken checkpoint."""
+
+
+@dataclass
+class PhaseSettings:
+    name: str  # "base" or "finetune"
+    epochs: int
+    lr: float
+    adv_ratio: float
+    patience: int | None  # None: keep the last epoch (no early stopping)
+
+
+@dataclass
+class PhaseResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    val_metrics: dict = field(default_factory=dict)
+    images_per_second: float = 0.0
+    seconds: float = 0.0
+
+
+def base_settings(config: Config) -> PhaseSettings:
+    return PhaseSettings("base", config.base_epochs, config.lr, 0.0, config.patience)
+
+
+def finetune_settings(config: Config) -> PhaseSettings:
+    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None)
+
+
+def train_phase(
+    model: torch.nn.Module,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    config: Config,
+    settings: PhaseSettings,
+    device: torch.device,
+    label: str = "",
+) -> PhaseResult:
+    """Train in place; on return the model holds the phase's chosen weights (best or last)."""
+    generator = torch.Generator().manual_seed(config.seed + (0 if settings.name == "base" else 1))
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    total_steps = max(1, settings.epochs * steps_per_epoch)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=config.weight_decay)
+    warmup_steps = config.warmup_epochs * steps_per_epoch if settings.name == "base" else 0
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=total_steps, lr_min=settings.lr * 0.01, warmup_t=warmup_steps,
+        warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
+    )
+    ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
+    transform = train_transform()
+    images = to_tensor(train_set.images)
+    labels = torch.from_numpy(train_set.labels)
+
+    result = PhaseResult()
+    best_score, best_state, stale = (-1.0, -1.0), None, 0
+    train_seconds, images_seen, step = 0.0, 0, 0
+    progress = tqdm(total=total_steps, desc=f"{label} {settings.name}", unit="step", leave=False)
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_set), generator=generator)
+        epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+        started = time.perf_counter()
+        for batch_index in range(steps_per_epoch):
+            idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
+            x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
+            if settings.adv_ratio > 0:
+                x = _make_adversarial_share(model, x, y, settings.adv_ratio, config, generator)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
+                    f"{batch_index + 1}; lower the learning rate (config lr/finetune_lr) and rerun"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            if ema is not None:
+                ema.update(model)
+            epoch_loss += loss.item() * len(y)
+            epoch_correct += (logits.argmax(1) == y).sum().item()
+            epoch_seen += len(y)
+            progress.update()
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
+        images_seen += epoch_seen
+
+        eval_model = ema.module if ema is not None else model
+        val = classification_metrics(
+            val_set.labels,
+            predict_fake_proba(eval_model, val_set.images, batch_size=config.eval_batch_size, device=device),
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": epoch_loss / epoch_seen,
+            "train_acc": epoch_correct / epoch_seen,
+            "val_acc": val["accuracy"],
+            "val_f1": val["f1"],
+            "val_auc": val["auc"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": epoch_seconds,
+        }
+        result.history.append(row)
+        auc_text = "n/a" if val["auc"] is None else f"{val['auc']:.4f}"
+        progress.write(
+            f"{label} {settings.name} epoch {epoch}/{settings.epochs}: loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.3f} | val acc {val['accuracy']:.4f} f1 {val['f1']:.4f} auc {auc_text} "
+            f"| {epoch_seconds:.1f}s"
+        )
+        score = (val["auc"] if val["auc"] is not None else val["accuracy"], val["accuracy"])
+        if settings.patience is None or score > best_score:
+            best_score, stale = score, 0
+            best_state = copy.deepcopy(eval_model.state_dict())
+            result.best_epoch, result.val_metrics = epoch, val
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                progress.write(f"{label} {settings.name}: early stop, no better val AUC for {stale} epochs")
+                break
+    progress.close()
+
+    model.load_state_dict(best_state)
+    result.seconds = train_seconds
+    result.images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
+    return result
+
+
+def _training_batch(images, labels, idx, transform, seed, device):
+    """Augment a uint8 batch with albumentations, then move it to the device as [0, 1] floats."""
+    batch = images[idx].permute(0, 2, 3, 1).numpy()
+    augmented = augment(batch, transform, seed)
+    return to_float(to_tensor(augmented), device), labels[idx].to(device)
+
+
+def _make_adversarial_share(model, x, y, adv_ratio, config, generator):
+    """Replace the first adv_ratio of the batch with FGSM images against the current weights."""
+    n_adv = int(round(len(x) * adv_ratio))
+    if n_adv == 0:
+        return x
+    eps = sample_epsilons(n_adv, config.fgsm_epsilons, generator).to(x.device)
+    adversarial = fgsm(model, x[:n_adv], y[:n_adv], eps, random_start=config.fgsm_random_start, generator=generator)
+    return torch.cat([adversarial, x[n_adv:]])
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

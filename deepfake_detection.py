@@ -1,0 +1,29 @@
+"""Train and evaluate the three detectors end to end: `python deepfake_detection.py --preset quick`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deepfake.config import add_config_arguments, config_from_args
+from deepfake.errors import DeepfakeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_arguments(parser)
+    parser.add_argument("--force", action="store_true", help="retrain models whose checkpoints match the config")
+    parser.add_argument("--evaluate-only", action="store_true", help="re-evaluate existing checkpoints, no training")
+    args = parser.parse_args(argv)
+    try:
+        from deepfake.pipeline import run
+
+        config = config_from_args(args)
+        run(config, force=args.force, evaluate_only=args.evaluate_only, explicit_data_dir=args.data_dir is not None)
+    except DeepfakeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

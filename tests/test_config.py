@@ -1,0 +1,52 @@
+import argparse
+
+import pytest
+
+from deepfake.config import PRESETS, add_config_arguments, config_from_args, config_from_dict, make_config
+from deepfake.errors import ConfigError
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_full_is_default_and_holds_reference_recipe():
+    config = parse()
+    assert config.preset == "full"
+    assert (config.batch_size, config.lr, config.weight_decay) == (128, 5e-4, 1e-4)
+    assert config.adv_ratio == 0.3 and config.val_fraction == 0.2 and config.seed == 42
+
+
+def test_seed_preset_keeps_original_recipe():
+    seed = make_config("seed")
+    assert (seed.base_epochs, seed.patience, seed.finetune_epochs, seed.finetune_lr) == (50, 15, 15, 1e-4)
+    assert seed.fgsm_epsilons == (0.02, 0.03, 0.05, 0.08)
+    assert (seed.augment_per_class, seed.adversarial_count) == (250, 400)
+
+
+def test_flags_override_preset():
+    config = parse("--preset", "quick", "--models", "resnet_se,efficientnet_b0", "--epochs", "3",
+                   "--batch-size", "16", "--seed", "7", "--no-pretrained", "--device", "cpu")
+    assert config.models == ("resnet_se", "efficientnet_b0")
+    assert (config.base_epochs, config.batch_size, config.seed) == (3, 16, 7)
+    assert config.pretrained is False and config.device == "cpu"
+    assert config.finetune_epochs == PRESETS["quick"]["finetune_epochs"]
+
+
+def test_unknown_names_fail_with_the_choices():
+    with pytest.raises(ConfigError, match="resnet_se"):
+        make_config("quick", models=("resnet50",))
+    with pytest.raises(ConfigError, match="quick"):
+        make_config("nope")
+    with pytest.raises(ConfigError, match="epochz"):
+        make_config("full", epochz=3)
+
+
+def test_dict_round_trip_and_fingerprint():
+    config = make_config("quick", seed=3)
+    again = config_from_dict(config.to_dict())
+    assert again == config
+    assert again.fingerprint(("seed", "lr")) == config.fingerprint(("seed", "lr"))
+    assert make_config("quick", seed=4).fingerprint(("seed",)) != config.fingerprint(("seed",))
