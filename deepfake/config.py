@@ -91,7 +91,7 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(
         batch_size=32, base_epochs=1, patience=1, finetune_epochs=1, max_steps_per_epoch=2,
         augment_per_class=8, adversarial_count=8, pgd_steps=2, corruption_severities=(1,),
-        gradcam_images=2, eval_batch_size=64, eval_epsilons=(0.0, 0.03),
+        gradcam_images=2, eval_batch_size=64, eval_epsilons=(0.0, 0.03), threads=1,
     ),
 }
 

@@ -5,12 +5,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import ConfigError
+
 
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
 
 

@@ -10,13 +10,14 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from .config import TRAINING_KEYS, Config, config_from_dict
-from .data import ImageSet, load_labelled, resolve_data_dir, save_split, split_indices
+from .data import ImageSet, find_test_dir, load_labelled, resolve_data_dir, save_split, split_indices
 from .inference import select_device
 from .models import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from .results import library_versions, machine_description, results_path, update_results
@@ -43,7 +44,6 @@ def setup_runtime(config: Config) -> torch.device:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.INFO)
-        package_logger.propagate = False
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     seed_everything(config.seed)
     return select_device(config.device)
@@ -53,9 +53,12 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     """Train and evaluate every model in ``config.models``; returns the results dict."""
     from .evaluate import evaluate_run
 
-    device = setup_runtime(config)
     if evaluate_only:
-        return evaluate_run(config, device)
+        # Re-evaluate the run as it was configured; only where it lives and where to compute may differ.
+        recorded = replace(load_run_config(config.checkpoint_dir), checkpoint_dir=config.checkpoint_dir,
+                           device=config.device)
+        return evaluate_run(recorded, setup_runtime(recorded))
+    device = setup_runtime(config)
 
     timings: dict[str, float] = {}
     with _timed(timings, "load_data"):
@@ -75,7 +78,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     train_pool = ImageSet.concat(train, augmented)
 
     path = results_path(checkpoint_dir)
-    test_dir = data_dir / "test"
+    test_dir = find_test_dir(data_dir)
 
     def record_run(results: dict) -> None:
         results.update(
@@ -84,7 +87,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         )
         results["data"] = {
             "data_dir": str(data_dir),
-            "test_dir": str(test_dir) if test_dir.is_dir() else None,
+            "test_dir": str(test_dir) if test_dir else None,
             "split_file": str(checkpoint_dir / SPLIT_NAME),
             "counts": {"train": _class_counts(train), "val": _class_counts(val), "augmented": _class_counts(augmented)},
         }

@@ -37,7 +37,7 @@ def augmented_samples(train: ImageSet, config: Config, data_id: str) -> ImageSet
         rng.choice(np.flatnonzero(train.labels == label), config.augment_per_class, replace=True)
         for label in range(len(CLASS_NAMES))
     ])
-    images = augment(train.images[sources], heavy_transform(), config.seed)
+    images = augment(train.images[sources], heavy_transform(config.image_size), config.seed)
     samples = ImageSet(images, train.labels[sources].copy(), [train.paths[i] for i in sources])
     _write_samples(out_dir, samples, fingerprint, extra=[{} for _ in sources])
     log.info("generated %d augmented samples in %s", len(samples), out_dir)

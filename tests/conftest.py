@@ -5,8 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models gain nothing from threads, and on a busy 2-core machine extra threads only wait on each other.
+torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +32,24 @@ def demo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_config(tmp_path, demo_dir):
+    return run_config(tmp_path, demo_dir)
+
+
+def run_config(root: Path, data_dir: Path, **overrides):
+    """A tiny-preset config with every output under ``root``."""
     from deepfake.config import make_config
 
     return make_config(
-        "tiny",
-        data_dir=str(demo_dir),
-        generated_dir=str(tmp_path / "generated"),
-        checkpoint_dir=str(tmp_path / "checkpoints"),
-        viz_dir=str(tmp_path / "visualizations"),
-        device="cpu",
+        "tiny", data_dir=str(data_dir), generated_dir=str(root / "generated"),
+        checkpoint_dir=str(root / "checkpoints"), viz_dir=str(root / "visualizations"), device="cpu", **overrides,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, demo_dir):
+    """One finished pipeline run (all three models, both phases, evaluation) shared by read-only tests."""
+    from deepfake.pipeline import run
+
+    config = run_config(tmp_path_factory.mktemp("tiny_run"), demo_dir)
+    run(config)
+    return config

@@ -1,0 +1,250 @@
+"""Benchmark on the challenge data: train on 70%, score on a 30% the pipeline never sees.
+
+    python benchmarks/benchmark.py --preset quick
+    python benchmarks/benchmark.py --preset full
+
+Splits ``../shared/data/synergy25/train`` once (stratified, seeded) into a pipeline part, which
+``deepfake_detection.py`` splits again into train/validation for itself, and an unseen part.
+Then runs ``deepfake_detection.py`` and ``ensemble.py`` as a competitor would and scores every
+final model and the ensemble on the unseen part: clean metrics, PGD-20 at 2/4/8 of 255 (this
+project's attack, and torchattacks' APGD-CE when installed, so gradient masking cannot pass as
+robustness), JPEG q40, Gaussian noise and blur. Writes ``benchmarks/RESULTS.md`` (the run's
+section replaced, other presets' kept) and a JSON next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from deepfake.attacks import pgd  # noqa: E402
+from deepfake.corruptions import corrupt_with  # noqa: E402
+from deepfake.data import ImageSet, load_labelled, split_indices  # noqa: E402
+from deepfake.ensemble import weighted_fake_proba  # noqa: E402
+from deepfake.inference import as_nchw_uint8, fake_proba, predict_fake_proba, to_float  # noqa: E402
+from deepfake.io import write_json, write_text  # noqa: E402
+from deepfake.metrics import classification_metrics  # noqa: E402
+from deepfake.models import load_checkpoint  # noqa: E402
+from deepfake.results import load_results, machine_description, results_path  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "synergy25"
+PGD_EPSILONS = {"2/255": 2 / 255, "4/255": 4 / 255, "8/255": 8 / 255}
+CORRUPTIONS = {"jpeg_q40": ("jpeg", 40), "noise_0.08": ("gaussian_noise", 0.08), "blur_1.0": ("gaussian_blur", 1.0)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--unseen-fraction", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=2025, help="seed of the pipeline/unseen split")
+    parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "runs")
+    parser.add_argument("--skip-training", action="store_true", help="score an existing run again")
+    parser.add_argument("--max-unseen", type=int, default=0, help="score only this many unseen images (0 = all)")
+    args = parser.parse_args()
+
+    run_dir = args.workdir / args.preset
+    pipeline_data, unseen = prepare_split(args.data, run_dir / "data", args.unseen_fraction, args.seed)
+    if args.max_unseen:
+        unseen = unseen.subset(np.arange(min(args.max_unseen, len(unseen))))
+    stage_seconds = {}
+    command = [
+        sys.executable, "deepfake_detection.py", "--preset", args.preset, "--data-dir", str(pipeline_data),
+        "--checkpoint-dir", str(run_dir / "checkpoints"), "--viz-dir", str(run_dir / "visualizations"),
+        "--generated-dir", str(run_dir / "generated"),
+    ]
+    ensemble_command = [
+        sys.executable, "ensemble.py", "--checkpoint-dir", str(run_dir / "checkpoints"),
+        "--test-dir", str(args.data / "test"), "--output", str(run_dir / "submission.json"),
+    ]
+    if not args.skip_training:
+        stage_seconds["deepfake_detection.py"] = timed_call(command + ["--force"])
+        stage_seconds["ensemble.py"] = timed_call(ensemble_command)
+
+    started = time.perf_counter()
+    scores = score_unseen(run_dir / "checkpoints", unseen)
+    stage_seconds["unseen scoring"] = round(time.perf_counter() - started, 1)
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "command": "python benchmarks/benchmark.py --preset " + args.preset,
+        "pipeline_command": " ".join(command[1:]),
+        "preset": args.preset,
+        "split": {"pipeline_images": count_images(pipeline_data), "unseen_images": len(unseen), "seed": args.seed},
+        "stage_seconds": stage_seconds,
+        "run": summarise_run(load_results(results_path(run_dir / "checkpoints"))),
+        "unseen": scores,
+    }
+    write_json(REPO / "benchmarks" / f"results_{args.preset}.json", report)
+    write_results_markdown(REPO / "benchmarks")
+    print((REPO / "benchmarks" / "RESULTS.md").read_text())
+    return 0
+
+
+def prepare_split(source: Path, target: Path, unseen_fraction: float, seed: int) -> tuple[Path, ImageSet]:
+    """Link (never copy) the pipeline's share of the labelled images into target/train/{real,fake}."""
+    labelled = load_labelled(source)
+    pipeline_idx, unseen_idx = split_indices(labelled.labels, unseen_fraction, seed)
+    for label, name in enumerate(("real", "fake")):
+        folder = target / "train" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+        for i in pipeline_idx[labelled.labels[pipeline_idx] == label]:
+            (folder / Path(labelled.paths[i]).name).symlink_to(Path(labelled.paths[i]).resolve())
+    return target, labelled.subset(unseen_idx)
+
+
+def timed_call(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True)
+    return round(time.perf_counter() - started, 1)
+
+
+def count_images(data_dir: Path) -> int:
+    return sum(1 for _ in (data_dir / "train").glob("*/*.png"))
+
+
+def score_unseen(checkpoint_dir: Path, unseen: ImageSet) -> dict:
+    results = load_results(results_path(checkpoint_dir))
+    members = results.get("ensemble", {}).get("members", {})
+    weights = {name: member["weight"] for name, member in members.items()}
+    models = {name: load_checkpoint(entry["checkpoints"]["final"]) for name, entry in results["models"].items()
+              if "final" in entry.get("checkpoints", {})}
+    bases = {name: load_checkpoint(entry["checkpoints"]["base"]) for name, entry in results["models"].items()
+             if name in models}
+    tta = bool(results["config"].get("tta_flip"))
+    scores = {}
+    for name, model in models.items():
+        scores[name] = score_model(model, unseen, tta)
+        scores[name]["base_clean"] = classification_metrics(
+            unseen.labels, predict_fake_proba(bases[name], unseen.images, tta_flip=tta))
+    if weights:
+        scores["ensemble"] = score_ensemble({n: models[n] for n in weights}, weights, unseen, tta)
+    return scores
+
+
+def score_model(model: torch.nn.Module, unseen: ImageSet, tta: bool) -> dict:
+    labels = unseen.labels
+    scores = {"clean": classification_metrics(labels, predict_fake_proba(model, unseen.images, tta_flip=tta))}
+    images, targets = to_float(as_nchw_uint8(unseen.images), torch.device("cpu")), torch.from_numpy(labels)
+    generator = torch.Generator().manual_seed(0)
+    for label, eps in PGD_EPSILONS.items():
+        adversarial = pgd(model, images, targets, eps, steps=20, generator=generator)
+        scores[f"pgd20_{label}"] = accuracy_on(model, adversarial, labels)
+        scores[f"apgd_ce_{label}"] = apgd_accuracy(model, images, targets, eps)
+    for label, (name, value) in CORRUPTIONS.items():
+        scores[label] = classification_metrics(
+            labels, predict_fake_proba(model, corrupt_with(unseen.images, name, value, seed=0), tta_flip=tta)
+        )["accuracy"]
+    return scores
+
+
+def score_ensemble(models: dict, weights: dict, unseen: ImageSet, tta: bool) -> dict:
+    def ensemble_probs(images) -> np.ndarray:
+        probs = {n: predict_fake_proba(m, images, tta_flip=tta) for n, m in models.items()}
+        return weighted_fake_proba(probs, weights)
+
+    labels = unseen.labels
+    scores = {"clean": classification_metrics(labels, ensemble_probs(unseen.images))}
+    for label, (name, value) in CORRUPTIONS.items():
+        scores[label] = classification_metrics(
+            labels, ensemble_probs(corrupt_with(unseen.images, name, value, seed=0)))["accuracy"]
+    return scores
+
+
+@torch.no_grad()
+def accuracy_on(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) -> float:
+    model.eval()
+    predictions = (fake_proba(model, images) >= 0.5).long().numpy()
+    return float((predictions == labels).mean())
+
+
+def apgd_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> float | None:
+    """Independent check with torchattacks (``pip install --no-deps torchattacks``); None if absent."""
+    try:
+        import torchattacks
+    except ImportError:
+        return None
+    attack = torchattacks.APGD(model.eval(), norm="Linf", eps=eps, steps=20, loss="ce", seed=0)
+    return accuracy_on(model, attack(images, labels), labels.numpy())
+
+
+def summarise_run(results: dict) -> dict:
+    models = {}
+    for name, entry in results.get("models", {}).items():
+        models[name] = {
+            "val_base": entry.get("val", {}).get("base"),
+            "val_final": entry.get("val", {}).get("final"),
+            "best_epoch": entry.get("best_epoch"),
+            "images_per_second": entry.get("images_per_second"),
+            "wall_seconds": entry.get("wall_seconds"),
+        }
+    return {"timings": results.get("timings", {}), "models": models, "ensemble_val": results.get("ensemble", {}).get("val"),
+            "config": results.get("config", {})}
+
+
+def write_results_markdown(folder: Path) -> None:
+    """One section per preset that has a results JSON, so reruns of one preset keep the others."""
+    sections = ["# Benchmark results\n", "Every number below is written by `benchmarks/benchmark.py`; rerun the "
+                "command shown in each section to reproduce it. Data: `../shared/data/synergy25/train` "
+                "(CIFAKE-based challenge data), split once into a pipeline part and an unseen part.\n"]
+    for path in sorted(folder.glob("results_*.json")):
+        sections.append(markdown_section(json.loads(path.read_text())))
+    levers = folder / "LEVERS.md"
+    if levers.exists():
+        sections.append(levers.read_text())
+    write_text(folder / "RESULTS.md", "\n".join(sections))
+
+
+def markdown_section(report: dict) -> str:
+    pct = lambda value: "n/a" if value is None else f"{100 * value:.1f}"  # noqa: E731
+    lines = [
+        f"## Preset `{report['preset']}`\n",
+        f"- Date: {report['date']}; machine: {report['machine']}",
+        f"- Command: `{report['command']}` (runs `python {report['pipeline_command']}`)",
+        f"- Images: {report['split']['pipeline_images']} for the pipeline (its own train/validation split inside), "
+        f"{report['split']['unseen_images']} unseen (split seed {report['split']['seed']})",
+        "- Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["stage_seconds"].items()),
+        "",
+        "### Unseen split (never used for training or any choice)\n",
+        "| model | acc base | acc final | F1 | AUC | PGD-20 2/255 | 4/255 | 8/255 | APGD-CE 2/255 | 4/255 | 8/255 "
+        "| JPEG q40 | noise 0.08 | blur 1.0 |",
+        "|---|" + "---:|" * 14,
+    ]
+    for name, s in report["unseen"].items():
+        lines.append("| " + " | ".join([
+            name, pct(s.get("base_clean", {}).get("accuracy")), pct(s["clean"]["accuracy"]), pct(s["clean"]["f1"]),
+            pct(s["clean"]["auc"]),
+            *[pct(s.get(f"pgd20_{e}")) for e in PGD_EPSILONS], *[pct(s.get(f"apgd_ce_{e}")) for e in PGD_EPSILONS],
+            *[pct(s.get(c)) for c in CORRUPTIONS],
+        ]) + " |")
+    lines += ["", "### Pipeline (validation split inside the pipeline part)\n",
+              "| model | val acc base | val acc final | best epoch | train img/s base | img/s fine-tune | s base | s fine-tune |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in report["run"]["models"].items():
+        ips, wall = m.get("images_per_second") or {}, m.get("wall_seconds") or {}
+        lines.append(f"| {name} | {pct((m['val_base'] or {}).get('accuracy'))} | {pct((m['val_final'] or {}).get('accuracy'))} "
+                     f"| {m['best_epoch']} | {ips.get('base', 0):.0f} | {ips.get('finetune', 0):.0f} "
+                     f"| {wall.get('base', 0):.0f} | {wall.get('finetune', 0):.0f} |")
+    if report["run"].get("ensemble_val"):
+        lines.append(f"| ensemble | | {pct(report['run']['ensemble_val']['accuracy'])} | | | | | |")
+    timings = report["run"]["timings"]
+    lines += ["", "Pipeline stages (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

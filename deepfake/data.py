@@ -1,0 +1,322 @@
+"""Finding, loading and splitting labelled images; the one image loader every stage uses.
+
+Images are decoded once into uint8 arrays (the challenge set is 2,000 images of 32x32), split
+before anything is derived from them, and the split is saved so evaluation and the ensemble
+score exactly the same validation images as training did.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from .demo_data import build_demo_dataset
+from .errors import DeepfakeError
+from .io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ("real", "fake")  # index = label
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# (real folder, fake folder) relative to the data dir, matched case-insensitively, so CIFAKE's
+# own train/REAL + train/FAKE is the first layout too.
+LABELLED_LAYOUTS = (
+    ("train/real", "train/fake"),
+    ("real_cifake_images", "fake_cifake_images"),
+    ("real", "fake"),
+)
+LAYOUT_HELP = "expected train/real + train/fake, real_cifake_images/ + fake_cifake_images/, or real/ + fake/"
+
+
+class DataError(DeepfakeError):
+    """Missing, empty or unreadable input data; the message names the file or folder and the fix."""
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64; 0 real, 1 fake, -1 unlabelled
+    paths: list[str]  # source file of each image
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet(self.images[indices], self.labels[indices], [self.paths[i] for i in indices])
+
+    @staticmethod
+    def concat(*sets: ImageSet) -> ImageSet:
+        return ImageSet(
+            np.concatenate([s.images for s in sets]),
+            np.concatenate([s.labels for s in sets]),
+            [p for s in sets for p in s.paths],
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery
+# ---------------------------------------------------------------------------------------------
+
+def _child(folder: Path, relative: str) -> Path | None:
+    """``folder/relative`` with every part matched case-insensitively (train/REAL == train/real)."""
+    current = folder
+    for part in relative.split("/"):
+        if not current.is_dir():
+            return None
+        match = next((c for c in sorted(current.iterdir()) if c.is_dir() and c.name.lower() == part), None)
+        if match is None:
+            return None
+        current = match
+    return current
+
+
+def find_labelled_dirs(data_dir: str | Path) -> tuple[Path, Path]:
+    """(real folder, fake folder) of the first layout present in ``data_dir``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist: {LAYOUT_HELP}")
+    for real_name, fake_name in LABELLED_LAYOUTS:
+        real, fake = _child(data_dir, real_name), _child(data_dir, fake_name)
+        if real is not None and fake is not None:
+            return real, fake
+        if real is not None or fake is not None:
+            found, missing = (real, fake_name) if real is not None else (fake, real_name)
+            raise DataError(f"found {found} but not {data_dir / missing}: add the other class ({LAYOUT_HELP})")
+    raise DataError(f"no labelled image folders in {data_dir}: {LAYOUT_HELP}")
+
+
+def find_test_dir(data_dir: str | Path) -> Path | None:
+    """``data_dir/test`` (any case) if it exists."""
+    return _child(Path(data_dir), "test")
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder`` in natural name order; .DS_Store, Thumbs.db, notes are skipped."""
+    return sorted(
+        (p for p in Path(folder).iterdir()
+         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+        key=_natural_key,
+    )
+
+
+def _natural_key(path: Path) -> list:
+    """2.png before 10.png; re.split puts text at even and numbers at odd positions, so keys compare."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def file_number(path: str | Path) -> int | None:
+    """The number in a file name (``7.png``, ``img_0007.png`` -> 7); None unless there is exactly one."""
+    numbers = re.findall(r"\d+", Path(path).stem)
+    return int(numbers[0]) if len(numbers) == 1 else None
+
+
+def order_test_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[int], str | None]:
+    """Test files in file-number order, the index of each (its number) and a warning or None.
+
+    The submission index is the number in the file name. If any file has no single number, or
+    two share one, there is no such index: the files are then in natural name order, indexed by
+    position 1..N, and the warning says so.
+    """
+    numbers = [file_number(p) for p in paths]
+    if None not in numbers and len(set(numbers)) == len(numbers):
+        order = sorted(range(len(paths)), key=numbers.__getitem__)
+        return [Path(paths[i]) for i in order], [numbers[i] for i in order], None
+    ordered = sorted((Path(p) for p in paths), key=_natural_key)
+    problem = "files without a single number in their name" if None in numbers else "files sharing a number"
+    warning = (f"test folder has {problem}; indexing its {len(ordered)} files by position 1..{len(ordered)} "
+               f"in natural name order")
+    return ordered, list(range(1, len(ordered) + 1)), warning
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """Decode any supported file to RGB uint8 (grayscale, alpha, palette and 16-bit included)."""
+    try:
+        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # palette -> BGR(A)
+    except (OSError, ValueError, cv2.error):  # unreadable or empty file
+        image = None
+    if image is None or image.size == 0:
+        raise DataError(f"cannot read image {path}: the file is corrupt or not an image; delete or replace it")
+    if image.dtype != np.uint8:
+        image = (image / (np.iinfo(image.dtype).max / 255)).round().astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        # Composite on white, as viewers do, so transparent pixels don't become arbitrary colours.
+        alpha = image[:, :, 3:4].astype(np.float32) / 255
+        image = (image[:, :, :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def load_images(paths: Sequence[str | Path], size: int = 32) -> tuple[np.ndarray, int]:
+    """All images as (N, size, size, 3) uint8 RGB, and how many had another size and were resized."""
+    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    resized = 0
+    for i, path in enumerate(paths):
+        image = _read_rgb(Path(path))
+        if image.shape[:2] != (size, size):
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+            resized += 1
+        images[i] = image
+    if resized:
+        log.info("resized %d of %d images to %dx%d", resized, len(paths), size, size)
+    return images, resized
+
+
+def _class_files(data_dir: str | Path) -> list[tuple[Path, list[Path]]]:
+    """(folder, image files) per class, in label order."""
+    return [(folder, list_image_files(folder)) for folder in find_labelled_dirs(data_dir)]
+
+
+def load_labelled(data_dir: str | Path, size: int = 32) -> ImageSet:
+    """Every labelled image under ``data_dir``, real ones first."""
+    classes = _class_files(data_dir)
+    for label, (folder, files) in enumerate(classes):
+        if not files:
+            raise DataError(f"no {CLASS_NAMES[label]} images in {folder}: add PNG/JPEG/WebP/BMP files ({LAYOUT_HELP})")
+    files = [f for _, found in classes for f in found]
+    labels = np.concatenate([np.full(len(found), label, dtype=np.int64) for label, (_, found) in enumerate(classes)])
+    images, _ = load_images(files, size)
+    return ImageSet(images, labels, [str(f) for f in files])
+
+
+def load_test(test_dir: str | Path, size: int = 32) -> tuple[ImageSet, list[int]]:
+    """Test images in file-number order with their indices (see :func:`order_test_files`).
+
+    Labels are -1, or 0/1 when ``test_dir`` holds REAL/FAKE folders (CIFAKE's labelled test
+    set); the two folders reuse the same numbers, so those images are indexed 1..N, real first.
+    """
+    test_dir = Path(test_dir)
+    if not test_dir.is_dir():
+        raise DataError(f"test folder {test_dir} does not exist: pass --test-dir with the unlabelled images")
+    if all(_child(test_dir, name) for name in CLASS_NAMES):
+        images = load_labelled(test_dir, size)
+        log.info("test folder %s has real/fake folders: %d labelled test images, indexed 1..%d",
+                 test_dir, len(images), len(images))
+        return images, list(range(1, len(images) + 1))
+    files = list_image_files(test_dir)
+    if not files:
+        raise DataError(f"no images in test folder {test_dir}: add the PNG/JPEG/WebP/BMP test images")
+    ordered, indices, warning = order_test_files(files)
+    if warning:
+        log.warning("%s", warning)
+    images, _ = load_images(ordered, size)
+    return ImageSet(images, np.full(len(ordered), -1, dtype=np.int64), [str(p) for p in ordered]), indices
+
+
+def resolve_data_dir(data_dir: str | Path, explicit: bool, demo_root: str | Path) -> Path:
+    """The labelled data to use: ``data_dir`` if it has images, else (unless it was asked for) the demo set.
+
+    Only a data folder with no labelled images at all falls back to the demo set: a half-filled
+    layout (one class folder, or one empty class) fails loudly, naming the folder to fix.
+    """
+    data_dir = Path(data_dir)
+    try:
+        has_images = any(files for _, files in _class_files(data_dir))
+    except DataError:
+        partial = any(_child(data_dir, name) for layout in LABELLED_LAYOUTS for name in layout)
+        if explicit or partial:
+            raise
+        has_images = False
+    if has_images:
+        return data_dir
+    if explicit:
+        raise DataError(f"no labelled images in {data_dir}: add PNG/JPEG/WebP/BMP files ({LAYOUT_HELP})")
+    log.info("no labelled images in %s; building demo data in %s (reused once built)", data_dir, demo_root)
+    return build_demo_dataset(demo_root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Split
+# ---------------------------------------------------------------------------------------------
+
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded, disjoint train/validation indices (sorted), made before anything is derived."""
+    indices = np.arange(len(labels))
+    train, val = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(val)
+
+
+def save_split(path: str | Path, train: ImageSet, val: ImageSet, **meta) -> None:
+    """Record the split as image paths (as given) and labels, plus ``meta``, in a JSON file."""
+    write_json(path, {
+        **meta,
+        "train": {"paths": train.paths, "labels": train.labels.tolist()},
+        "val": {"paths": val.paths, "labels": val.labels.tolist()},
+    })
+
+
+def load_split(path: str | Path, size: int = 32) -> tuple[ImageSet, ImageSet, dict]:
+    """The saved split's (train, val, meta), images reloaded from the recorded paths."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no saved split at {path}: run `python deepfake_detection.py` first")
+    try:
+        saved = read_json(path)
+        parts = {name: (saved[name]["paths"], saved[name]["labels"]) for name in ("train", "val")}
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"split file {path} is damaged ({error}): delete it and rerun training") from error
+    sets = []
+    for name, (paths, labels) in parts.items():
+        missing = next((p for p in paths if not Path(p).is_file()), None)
+        if missing is not None:
+            raise DataError(f"image {missing} of the saved split {path} is gone: restore it, or delete {path} "
+                            f"and rerun training")
+        images, _ = load_images(paths, size)
+        sets.append(ImageSet(images, np.array(labels, dtype=np.int64), list(paths)))
+    meta = {k: v for k, v in saved.items() if k not in parts}
+    return sets[0], sets[1], meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors and augmentation
+# ---------------------------------------------------------------------------------------------
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC array -> contiguous uint8 NCHW tensor (kept uint8: 4x less memory than float)."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def train_transform() -> A.Compose:
+    """Light augmentation for every training batch: it must not wash out generator traces."""
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.Affine(rotate=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=0.3),
+        A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.3),
+    ])
+
+
+def heavy_transform(size: int = 32) -> A.Compose:
+    """The sample-generation pipeline (new training images, not a per-batch jitter); keeps ``size``."""
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.3),
+        A.Affine(rotate=(-30, 30), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_REFLECT_101, p=1.0),
+        A.RandomResizedCrop(size=(size, size), scale=(0.7, 1.0), p=1.0),
+        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1, p=1.0),
+        # Corners pulled in by |N(0, 0.04..0.08)| of the side, ~5% on average: torchvision's
+        # RandomPerspective(distortion_scale=0.2) moves them by U(0, 10%).
+        A.Perspective(scale=(0.04, 0.08), p=0.5),
+    ])
+
+
+def augment(images: np.ndarray, transform: A.Compose, seed: int) -> np.ndarray:
+    """``transform`` applied to each image; the same seed gives the same output (reseeds ``transform``)."""
+    transform.set_random_seed(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        out[i] = transform(image=image)["image"]  # a transform that changes the shape fails here
+    return out

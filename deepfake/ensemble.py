@@ -1,0 +1,325 @@
+"""The submission: a validation-weighted average of the trained detectors' fake probabilities.
+
+load run -> weigh -> predict -> write. Detectors with different architectures make partly
+independent mistakes, so their averaged probability is steadier than any one of them; weighting
+by validation score keeps a weak member from dragging the average down. Every submission gets a
+meta file naming the exact checkpoints (sha256) and weights behind it, and the ensemble is scored
+next to each single model on the run's validation split, so a leaderboard score can be traced
+back to its models and checked against them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data import CLASS_NAMES, ImageSet, file_number, load_split, load_test
+from .errors import DeepfakeError
+from .inference import predict_fake_proba
+from .io import atomic_path, write_json
+from .metrics import classification_metrics
+from .models import load_checkpoint, read_checkpoint
+from .pipeline import SPLIT_NAME, load_run_config, setup_runtime
+from .plots import plot_models_overview
+from .report import write_report
+from .results import load_results, results_path, update_results
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SCHEMES = ("equal", "accuracy", "auc")
+THRESHOLD = 0.5  # fake probability at or above which an image is called fake
+TRAIN_FIRST = "run `python deepfake_detection.py` first"
+
+
+class EnsembleError(DeepfakeError):
+    """A training run, checkpoint, test folder or weight the ensemble cannot do without."""
+
+
+@dataclass
+class Member:
+    """One detector of the ensemble: its checkpoint file and the validation metrics it is weighed by."""
+
+    name: str
+    checkpoint: Path
+    val_metrics: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# Load run
+# ---------------------------------------------------------------------------------------------
+
+def run_members(results: dict, checkpoint_dir: Path) -> list[Member]:
+    """Every model of the training run with a final checkpoint, with the validation metrics recorded for it."""
+    members = []
+    for name, entry in results.get("models", {}).items():
+        final = entry.get("checkpoints", {}).get("final")
+        if final is None:
+            log.warning("%s has no final checkpoint (%s); left out of the ensemble", name,
+                        entry.get("error", "training did not finish"))
+            continue
+        members.append(Member(name, _locate(Path(final), checkpoint_dir), entry.get("val", {}).get("final", {})))
+    if not members:
+        raise EnsembleError(f"no final checkpoints recorded in {results_path(checkpoint_dir)}: {TRAIN_FIRST}")
+    return members
+
+
+def _locate(recorded: Path, checkpoint_dir: Path) -> Path:
+    """The recorded path, or the file of that name in checkpoint_dir when the run was moved or ran elsewhere."""
+    moved = checkpoint_dir / recorded.name
+    return moved if not recorded.exists() and moved.exists() else recorded
+
+
+def explicit_members(paths: list[Path]) -> list[Member]:
+    """Checkpoints picked by hand; their validation metrics come from the checkpoint itself."""
+    if len(set(paths)) < len(paths):
+        raise EnsembleError("a checkpoint is listed twice in --checkpoints; list each file once")
+    stems = [path.stem for path in paths]
+    names = stems if len(set(stems)) == len(stems) else [str(path) for path in paths]
+    return [
+        Member(name, path, (read_checkpoint(path).get("metrics") or {}).get("val", {}))
+        for name, path in zip(names, paths)
+    ]
+
+
+def resolve_test_dir(test_dir: str | Path | None, results: dict) -> Path:
+    """--test-dir, else the test/ folder of the data the run was trained on."""
+    if test_dir is not None:
+        return Path(test_dir)
+    recorded = results.get("data", {}).get("test_dir")
+    if recorded is None:
+        data_dir = results.get("data", {}).get("data_dir", "the data folder")
+        raise EnsembleError(f"the training run found no test/ folder in {data_dir}; pass --test-dir DIR")
+    return Path(recorded)
+
+
+def renumbered_files(test: ImageSet, indices: list[int]) -> dict[int, str] | None:
+    """index -> file when the indices are not the numbers in the file names (see ``order_test_files``), else None."""
+    if all(file_number(path) == index for path, index in zip(test.paths, indices)):
+        return None
+    return dict(zip(indices, test.paths))
+
+
+# ---------------------------------------------------------------------------------------------
+# Weigh
+# ---------------------------------------------------------------------------------------------
+
+def ensemble_weights(val_metrics: dict[str, dict], scheme: str = "accuracy") -> dict[str, float]:
+    """One weight per model, summing to 1: equal, or proportional to its validation accuracy or ROC-AUC."""
+    if scheme not in WEIGHT_SCHEMES:
+        raise EnsembleError(f"unknown weight scheme {scheme!r}; choose one of {', '.join(WEIGHT_SCHEMES)}")
+    if not val_metrics:
+        raise EnsembleError("no models to weigh")
+    if scheme == "equal":
+        scores = {name: 1.0 for name in val_metrics}
+    else:
+        scores = {name: metrics.get(scheme) for name, metrics in val_metrics.items()}
+        missing = [name for name, score in scores.items() if score is None]
+        if missing:
+            raise EnsembleError(f"no validation {scheme} recorded for {', '.join(missing)}; use --weights equal")
+    total = float(sum(scores.values()))
+    if total <= 0:
+        raise EnsembleError(f"every model has validation {scheme} 0; use --weights equal")
+    return {name: float(score) / total for name, score in scores.items()}
+
+
+def weighted_fake_proba(probs: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Weighted mean of the members' fake probabilities, image by image."""
+    if set(probs) != set(weights):
+        raise ValueError(f"probabilities for {sorted(probs)} but weights for {sorted(weights)}")
+    names = list(weights)
+    return np.average(np.stack([probs[name] for name in names]), axis=0, weights=[weights[name] for name in names])
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict
+# ---------------------------------------------------------------------------------------------
+
+def load_models(members: list[Member], device: torch.device) -> dict[str, nn.Module]:
+    """All members loaded up front, so a broken checkpoint stops the run before any prediction."""
+    return {member.name: load_checkpoint(member.checkpoint, device) for member in members}
+
+
+def predict_members(models: dict[str, nn.Module], image_sets: dict[str, np.ndarray], config: Config,
+                    device: torch.device) -> dict[str, dict[str, np.ndarray]]:
+    """Fake probability per image set (e.g. "val", "test"), per model, in batches."""
+    probs: dict[str, dict[str, np.ndarray]] = {key: {} for key in image_sets}
+    for name, model in tqdm(models.items(), desc="ensemble", unit="model"):
+        for key, images in image_sets.items():
+            probs[key][name] = predict_fake_proba(
+                model, images, batch_size=config.eval_batch_size, device=device, tta_flip=config.tta_flip,
+                progress=True,
+            )
+    return probs
+
+
+def predicted_classes(fake_probs: np.ndarray, threshold: float = THRESHOLD) -> list[str]:
+    return [CLASS_NAMES[int(p >= threshold)] for p in fake_probs]
+
+
+def score(labels: np.ndarray, member_probs: dict[str, np.ndarray], ensemble_probs: np.ndarray) -> dict:
+    """The ensemble's metrics next to each single model's, on the same images."""
+    return {
+        "ensemble": classification_metrics(labels, ensemble_probs, THRESHOLD),
+        "single": {name: classification_metrics(labels, p, THRESHOLD) for name, p in member_probs.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Write
+# ---------------------------------------------------------------------------------------------
+
+def submission_rows(indices: list[int], fake_probs: np.ndarray, threshold: float = THRESHOLD) -> list[dict]:
+    """The competition format: one {"index", "prediction"} per test image, sorted by index."""
+    if len(indices) != len(fake_probs):
+        raise ValueError(f"{len(indices)} indices but {len(fake_probs)} probabilities")
+    predictions = predicted_classes(fake_probs, threshold)
+    order = sorted(range(len(indices)), key=lambda i: indices[i])
+    return [{"index": int(indices[i]), "prediction": predictions[i]} for i in order]
+
+
+def meta_path(output: Path) -> Path:
+    """submission.json -> submission.meta.json, next to it."""
+    return output.with_name(f"{output.stem}.meta.json")
+
+
+def probability_table(test: ImageSet, indices: list[int], member_probs: dict[str, np.ndarray],
+                      ensemble_probs: np.ndarray) -> pd.DataFrame:
+    """Per image (in submission order): index, file, each member's and the ensemble's fake probability."""
+    table = pd.DataFrame({"index": indices, "file": test.paths})
+    for name, probs in member_probs.items():
+        table[f"proba_{name}"] = probs
+    table["proba_ensemble"] = ensemble_probs
+    table["prediction"] = predicted_classes(ensemble_probs)
+    if _is_labelled(test):
+        table["label"] = [CLASS_NAMES[label] for label in test.labels]
+    return table.sort_values("index", kind="stable")
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _is_labelled(images: ImageSet) -> bool:
+    return len(images) > 0 and bool((images.labels >= 0).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+# ---------------------------------------------------------------------------------------------
+
+def run_ensemble(
+    checkpoint_dir: str | Path = "checkpoints",
+    *,
+    test_dir: str | Path | None = None,
+    output: str | Path = "submission.json",
+    scheme: str = "accuracy",
+    checkpoints: list[str | Path] | None = None,
+    probabilities: str | Path | None = None,
+    device: str = "auto",
+) -> dict:
+    """load run -> weigh -> predict -> write; returns the meta record written next to the submission.
+
+    Everything that can fail on bad input (run, checkpoints, test images, split) fails before the
+    first file is written, and each file is replaced atomically.
+    """
+    started = time.perf_counter()
+    checkpoint_dir, output = Path(checkpoint_dir), Path(output)
+
+    # Load run
+    config = load_run_config(checkpoint_dir)
+    config.device = device
+    torch_device = setup_runtime(config)
+    results = load_results(results_path(checkpoint_dir))
+    members = explicit_members([Path(c) for c in checkpoints]) if checkpoints else run_members(results, checkpoint_dir)
+
+    # Weigh
+    weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
+    for member in members:
+        log.info("ensemble member %s: weight %.4f (%s) <- %s", member.name, weights[member.name], scheme,
+                 member.checkpoint)
+
+    # Predict
+    test_dir = resolve_test_dir(test_dir, results)
+    test, indices = load_test(test_dir, config.image_size)
+    _, val, _ = load_split(checkpoint_dir / SPLIT_NAME, config.image_size)
+    models = load_models(members, torch_device)
+    probs = predict_members(models, {"val": val.images, "test": test.images}, config, torch_device)
+    test_probs = weighted_fake_proba(probs["test"], weights)
+    val_scores = score(val.labels, probs["val"], weighted_fake_proba(probs["val"], weights))
+    test_scores = score(test.labels, probs["test"], test_probs) if _is_labelled(test) else None
+
+    # Write
+    rows = submission_rows(indices, test_probs)
+    meta = {
+        "submission": str(output),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "scheme": scheme,
+        "threshold": THRESHOLD,
+        "members": [
+            {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": sha256(m.checkpoint),
+             "weight": weights[m.name], "val_metrics": m.val_metrics}
+            for m in members
+        ],
+        "test_dir": str(test_dir),
+        "n_images": len(test),
+        "predicted": {name: sum(row["prediction"] == name for row in rows) for name in CLASS_NAMES},
+        "renumbered_files": renumbered_files(test, indices),
+        "probabilities": None if probabilities is None else str(probabilities),
+        "device": str(torch_device),
+        "tta_flip": config.tta_flip,
+        "n_val": len(val),
+        "val": val_scores,
+        "test": test_scores,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(output, rows)
+    write_json(meta_path(output), meta)
+    if probabilities is not None:
+        with atomic_path(probabilities) as tmp:
+            probability_table(test, indices, probs["test"], test_probs).to_csv(tmp, index=False)
+    _log_outcome(meta)
+    record_ensemble(checkpoint_dir, config.viz_dir, meta)
+    return meta
+
+
+def record_ensemble(checkpoint_dir: Path, viz_dir: str | Path, meta: dict) -> None:
+    """Add the ensemble to results.json, then redraw the overview figure and the report from it."""
+    entry = {
+        "scheme": meta["scheme"],
+        "threshold": meta["threshold"],
+        "members": {m["name"]: {"checkpoint": m["checkpoint"], "weight": m["weight"]} for m in meta["members"]},
+        "val": meta["val"]["ensemble"],
+        "single": meta["val"]["single"],
+        "n_val": meta["n_val"],
+        **({"test": meta["test"]} if meta["test"] else {}),
+        "submission": meta["submission"],
+        "created": meta["created"],
+    }
+    results = update_results(results_path(checkpoint_dir), lambda r: r.update(ensemble=entry))
+    plot_models_overview(results, viz_dir)
+    write_report(results, viz_dir)
+
+
+def _log_outcome(meta: dict) -> None:
+    output = Path(meta["submission"])
+    if meta["renumbered_files"]:
+        log.warning("indices are not the file numbers: the index -> file mapping is in %s",
+                    " and ".join(str(p) for p in (meta_path(output), meta["probabilities"]) if p is not None))
+    log.info("wrote %s (%d images: %d real, %d fake) and %s", output, meta["n_images"], meta["predicted"]["real"],
+             meta["predicted"]["fake"], meta_path(output))
+    for split, label in (("val", "validation"), ("test", "labelled test")):
+        if meta[split]:
+            for name, metrics in {"ensemble": meta[split]["ensemble"], **meta[split]["single"]}.items():
+                auc = "n/a" if metrics["auc"] is None else f"{metrics['auc']:.4f}"
+                log.info("%s %s: accuracy %.4f, F1 %.4f, AUC %s", label, name, metrics["accuracy"], metrics["f1"], auc)

@@ -1,0 +1,285 @@
+"""The submission: weights, numeric order, exact schema, provenance, and one clear line per bad input."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepfake.config import MODEL_NAMES
+from deepfake.data import file_number, list_image_files, load_images
+from deepfake.ensemble import (
+    EnsembleError, ensemble_weights, explicit_members, submission_rows, weighted_fake_proba,
+)
+from deepfake.inference import predict_fake_proba
+from deepfake.io import read_json, write_json
+from deepfake.models import load_checkpoint
+from deepfake.plots import OVERVIEW_NAME
+from deepfake.report import REPORT_NAME
+from deepfake.results import load_results, results_path
+from ensemble import main
+
+SENTINEL = '[{"index": 1, "prediction": "real"}]\n'
+
+
+@pytest.fixture
+def run_dir(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run's results and split; its checkpoints are shared and only read."""
+    source = Path(tiny_run.checkpoint_dir)
+    target = tmp_path / "checkpoints"
+    target.mkdir()
+    shutil.copy(source / "split.json", target / "split.json")
+    results = load_results(results_path(source))
+    results["config"].update(checkpoint_dir=str(target), viz_dir=str(tmp_path / "visualizations"))
+    write_json(results_path(target), results)
+    return target
+
+
+@pytest.fixture
+def resnet_checkpoint(tiny_run) -> Path:
+    return Path(tiny_run.checkpoint_dir) / "resnet_se_final.pt"
+
+
+@pytest.fixture
+def demo_images(demo_dir) -> list[Path]:
+    return list_image_files(demo_dir / "test")
+
+
+def make_test_dir(folder: Path, sources: list[Path], names: list[str]) -> Path:
+    folder.mkdir(parents=True)
+    for source, name in zip(sources, names):
+        shutil.copy(source, folder / name)
+    return folder
+
+
+def run_cli(run_dir: Path, output: Path, *args: str) -> int:
+    return main(["--checkpoint-dir", str(run_dir), "--output", str(output), "--device", "cpu", *args])
+
+
+# ---------------------------------------------------------------------------------------------
+# Library functions
+# ---------------------------------------------------------------------------------------------
+
+def test_weights_sum_to_one_and_follow_validation_accuracy():
+    val = {"a": {"accuracy": 0.9, "auc": 0.95}, "b": {"accuracy": 0.6, "auc": 0.7},
+           "c": {"accuracy": 0.75, "auc": None}}
+    weights = ensemble_weights(val, "accuracy")
+    assert list(weights) == ["a", "b", "c"] and sum(weights.values()) == pytest.approx(1.0)
+    assert weights["a"] > weights["c"] > weights["b"]
+    assert weights["a"] / weights["b"] == pytest.approx(0.9 / 0.6)
+    assert ensemble_weights(val, "equal") == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+    assert ensemble_weights({k: val[k] for k in "ab"}, "auc") == pytest.approx({"a": 0.95 / 1.65, "b": 0.7 / 1.65})
+    with pytest.raises(EnsembleError, match="no validation auc recorded for c; use --weights equal"):
+        ensemble_weights(val, "auc")
+    with pytest.raises(EnsembleError, match="unknown weight scheme"):
+        ensemble_weights(val, "median")
+
+
+def test_weighted_average_of_identical_models_is_that_model():
+    probs = np.random.default_rng(0).random(50)
+    weights = ensemble_weights({"a": {"accuracy": 0.9}, "b": {"accuracy": 0.7}, "c": {"accuracy": 0.8}}, "accuracy")
+    np.testing.assert_allclose(weighted_fake_proba({n: probs for n in "abc"}, weights), probs, rtol=1e-12)
+    mixed = weighted_fake_proba({"a": np.zeros(2), "b": np.ones(2)}, {"a": 0.25, "b": 0.75})
+    np.testing.assert_allclose(mixed, [0.75, 0.75])
+
+
+def test_submission_rows_are_the_exact_schema_sorted_by_index():
+    rows = submission_rows([10, 2, 1, 7], np.array([0.9, 0.1, 0.5, 0.49]))
+    assert rows == [
+        {"index": 1, "prediction": "fake"}, {"index": 2, "prediction": "real"},
+        {"index": 7, "prediction": "real"}, {"index": 10, "prediction": "fake"},
+    ]
+    assert all(type(row["index"]) is int for row in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the tiny training run
+# ---------------------------------------------------------------------------------------------
+
+def test_ensemble_of_the_training_run_writes_submission_meta_probabilities_and_report(run_dir, tmp_path, caplog):
+    output, table_file = tmp_path / "out" / "submission.json", tmp_path / "probabilities.csv"
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        assert run_cli(run_dir, output, "--probabilities", str(table_file)) == 0
+
+    results = load_results(results_path(run_dir))
+    rows = read_json(output)
+    test_files = list_image_files(results["data"]["test_dir"])
+    assert [row["index"] for row in rows] == sorted(file_number(f) for f in test_files)
+    assert all(set(row) == {"index", "prediction"} and row["prediction"] in {"real", "fake"} for row in rows)
+
+    meta = read_json(tmp_path / "out" / "submission.meta.json")
+    assert meta["scheme"] == "accuracy" and meta["n_images"] == len(test_files)
+    assert meta["test_dir"] == results["data"]["test_dir"]
+    members = {m["name"]: m for m in meta["members"]}
+    assert set(members) == set(MODEL_NAMES)
+    assert sum(m["weight"] for m in members.values()) == pytest.approx(1.0)
+    val_accuracy = {name: results["models"][name]["val"]["final"]["accuracy"] for name in MODEL_NAMES}
+    for name, member in members.items():
+        assert member["checkpoint"] == results["models"][name]["checkpoints"]["final"]
+        assert member["sha256"] == hashlib.sha256(Path(member["checkpoint"]).read_bytes()).hexdigest()
+        assert member["weight"] == pytest.approx(val_accuracy[name] / sum(val_accuracy.values()))
+        assert f"{name}: weight {member['weight']:.4f}" in caplog.text and member["checkpoint"] in caplog.text
+
+    table = pd.read_csv(table_file)
+    assert list(table["index"]) == [row["index"] for row in rows]
+    assert list(table["prediction"]) == [row["prediction"] for row in rows]
+    weighted = sum(members[name]["weight"] * table[f"proba_{name}"] for name in MODEL_NAMES)
+    np.testing.assert_allclose(table["proba_ensemble"], weighted, rtol=1e-6)
+
+    ensemble = results["ensemble"]
+    assert ensemble["scheme"] == "accuracy" and set(ensemble["single"]) == set(MODEL_NAMES)
+    assert ensemble["members"] == {name: {"checkpoint": m["checkpoint"], "weight": m["weight"]}
+                                   for name, m in members.items()}
+    assert set(ensemble["val"]) == {"accuracy", "precision", "recall", "f1", "auc"}
+    assert ensemble["val"] == meta["val"]["ensemble"]
+    assert "Ensemble vs single models" in (tmp_path / "visualizations" / REPORT_NAME).read_text()
+    assert (tmp_path / "visualizations" / OVERVIEW_NAME).exists()
+
+
+def test_submission_follows_the_number_in_each_file_name(run_dir, resnet_checkpoint, demo_images, tmp_path):
+    names = [f"{n}.png" if n % 2 else f"img_{n:04d}.png" for n in range(1, 13)]
+    test_dir = make_test_dir(tmp_path / "test", demo_images[:12], names)
+    output, table_file = tmp_path / "submission.json", tmp_path / "probabilities.csv"
+    assert run_cli(run_dir, output, "--test-dir", str(test_dir), "--checkpoints", str(resnet_checkpoint),
+                   "--probabilities", str(table_file)) == 0
+
+    assert [row["index"] for row in read_json(output)] == list(range(1, 13))
+    table = pd.read_csv(table_file)
+    assert [file_number(f) for f in table["file"]] == list(table["index"]) == list(range(1, 13))
+    images, _ = load_images([Path(f) for f in table["file"]])
+    expected = predict_fake_proba(load_checkpoint(resnet_checkpoint), images)
+    np.testing.assert_allclose(table["proba_ensemble"], expected, rtol=1e-5)
+    assert read_json(tmp_path / "submission.meta.json")["members"][0]["weight"] == 1.0
+
+
+def test_ensemble_of_identical_models_equals_the_model(run_dir, resnet_checkpoint, demo_images, tmp_path):
+    copies = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for copy in copies:
+        shutil.copy(resnet_checkpoint, copy)
+    table_file = tmp_path / "probabilities.csv"
+    assert run_cli(run_dir, tmp_path / "submission.json", "--test-dir", str(demo_images[0].parent),
+                   "--checkpoints", ",".join(map(str, copies)), "--probabilities", str(table_file)) == 0
+
+    table = pd.read_csv(table_file)
+    images, _ = load_images(list(table["file"]))
+    single = predict_fake_proba(load_checkpoint(resnet_checkpoint), images)
+    for column in ("proba_a", "proba_b", "proba_ensemble"):
+        np.testing.assert_allclose(table[column], single, rtol=1e-5)
+    assert [m["weight"] for m in read_json(tmp_path / "submission.meta.json")["members"]] == [0.5, 0.5]
+    val = load_results(results_path(run_dir))["ensemble"]
+    assert val["val"] == val["single"]["a"] == val["single"]["b"]
+
+
+def test_moved_run_finds_its_checkpoints_and_leaves_unfinished_models_out(run_dir, tiny_run, tmp_path, caplog):
+    shutil.copy(Path(tiny_run.checkpoint_dir) / "efficientnet_b0_final.pt", run_dir)
+    results = load_results(results_path(run_dir))
+    models = results["models"]
+    models["efficientnet_b0"]["checkpoints"]["final"] = "elsewhere/efficientnet_b0_final.pt"
+    del models["resnet_se"]["checkpoints"]["final"]
+    results["models"] = {name: models[name] for name in ("efficientnet_b0", "resnet_se")}
+    write_json(results_path(run_dir), results)
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        assert run_cli(run_dir, tmp_path / "submission.json") == 0
+
+    assert "resnet_se has no final checkpoint" in caplog.text
+    members = read_json(tmp_path / "submission.meta.json")["members"]
+    assert [(m["name"], m["checkpoint"], m["weight"]) for m in members] == [
+        ("efficientnet_b0", str(run_dir / "efficientnet_b0_final.pt"), 1.0)]
+
+
+def test_labelled_test_folder_is_scored(run_dir, resnet_checkpoint, demo_dir, tmp_path):
+    train = demo_dir / "train"
+    sources = {cls: list_image_files(train / cls)[:3] for cls in ("real", "fake")}
+    test_dir = tmp_path / "test"
+    make_test_dir(test_dir / "REAL", sources["real"], ["1.png", "3.png", "5.png"])
+    make_test_dir(test_dir / "FAKE", sources["fake"], ["2.png", "4.png", "6.png"])
+    output = tmp_path / "submission.json"
+    assert run_cli(run_dir, output, "--test-dir", str(test_dir), "--checkpoints", str(resnet_checkpoint)) == 0
+
+    assert [row["index"] for row in read_json(output)] == list(range(1, 7))
+    test_scores = load_results(results_path(run_dir))["ensemble"]["test"]
+    assert set(test_scores["single"]) == {"resnet_se_final"}
+    assert test_scores["ensemble"] == test_scores["single"]["resnet_se_final"]
+    assert test_scores["ensemble"]["auc"] is not None
+
+
+def test_duplicate_numbers_fall_back_to_natural_order_with_a_warning(run_dir, resnet_checkpoint, demo_images,
+                                                                      tmp_path, caplog):
+    names = ["1.png", "img_001.png", "2.png", "x.png"]
+    test_dir = make_test_dir(tmp_path / "test", demo_images[:4], names)
+    output, table_file = tmp_path / "submission.json", tmp_path / "probabilities.csv"
+    assert run_cli(run_dir, output, "--test-dir", str(test_dir), "--checkpoints", str(resnet_checkpoint),
+                   "--probabilities", str(table_file)) == 0
+
+    assert "natural name order" in caplog.text
+    natural_order = ["1.png", "2.png", "img_001.png", "x.png"]
+    assert [row["index"] for row in read_json(output)] == [1, 2, 3, 4]
+    table = pd.read_csv(table_file)
+    assert list(table["index"]) == [1, 2, 3, 4] and [Path(f).name for f in table["file"]] == natural_order
+    renumbered = read_json(tmp_path / "submission.meta.json")["renumbered_files"]
+    assert {index: Path(f).name for index, f in renumbered.items()} == dict(zip("1234", natural_order))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line naming the problem, exit 2, the previous submission left as it was
+# ---------------------------------------------------------------------------------------------
+
+def assert_fails(capsys, run_dir: Path, output: Path, *args: str) -> str:
+    output.write_text(SENTINEL)
+    assert run_cli(run_dir, output, *args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert output.read_text() == SENTINEL
+    assert [p.name for p in output.parent.iterdir() if output.stem in p.name] == [output.name]  # no meta, no temp file
+    return errors[0]
+
+
+def test_no_training_run_says_to_train_first(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    error = assert_fails(capsys, tmp_path / "checkpoints", tmp_path / "submission.json")
+    assert "python deepfake_detection.py" in error
+
+
+def test_run_without_final_checkpoints_says_to_train_first(run_dir, tmp_path, capsys):
+    results = load_results(results_path(run_dir))
+    for entry in results["models"].values():
+        entry["checkpoints"].pop("final")
+    write_json(results_path(run_dir), results)
+    error = assert_fails(capsys, run_dir, tmp_path / "submission.json")
+    assert "no final checkpoints" in error and "python deepfake_detection.py" in error
+
+
+def test_checkpoint_listed_twice_is_refused(tmp_path):
+    with pytest.raises(EnsembleError, match="listed twice"):
+        explicit_members([tmp_path / "a.pt", tmp_path / "a.pt"])
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["--checkpoints", "recorded"])
+def test_unloadable_checkpoint_is_named(run_dir, resnet_checkpoint, tmp_path, capsys, explicit):
+    broken = tmp_path / "broken_final.pt"
+    broken.write_bytes(resnet_checkpoint.read_bytes()[:1000])
+    args = ["--checkpoints", str(broken)] if explicit else []
+    if not explicit:
+        results = load_results(results_path(run_dir))
+        first = next(iter(results["models"]))  # fails before the other models are loaded
+        results["models"][first]["checkpoints"]["final"] = str(broken)
+        write_json(results_path(run_dir), results)
+    assert str(broken) in assert_fails(capsys, run_dir, tmp_path / "submission.json", *args)
+
+
+def test_missing_or_empty_test_folder_is_named(run_dir, tmp_path, capsys):
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    for folder in (missing, empty):
+        assert str(folder) in assert_fails(capsys, run_dir, tmp_path / "submission.json", "--test-dir", str(folder))
+
+
+def test_corrupt_test_image_is_named(run_dir, demo_images, tmp_path, capsys):
+    test_dir = make_test_dir(tmp_path / "test", demo_images[:2], ["1.png", "2.png"])
+    (test_dir / "3.png").write_bytes(b"not a png")
+    assert "3.png" in assert_fails(capsys, run_dir, tmp_path / "submission.json", "--test-dir", str(test_dir))

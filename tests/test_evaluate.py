@@ -1,0 +1,158 @@
+"""Evaluation: the attack sweep's values, the evaluation recorded in results.json, its figures and report."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deepfake_detection
+from deepfake.config import make_config
+from deepfake.corruptions import CORRUPTIONS
+from deepfake.data import ImageSet, save_split
+from deepfake.evaluate import adversarial_examples, attack_sweep, clean_metrics, evaluate_run, showcase_indices
+from deepfake.inference import predict_fake_proba
+from deepfake.models import build_model, save_checkpoint
+from deepfake.plots import OVERVIEW_NAME, figure_names
+from deepfake.report import REPORT_NAME
+from deepfake.results import load_results, results_path, update_results
+
+MODEL = "resnet_se"
+
+
+def toy_model(size: int = 16) -> nn.Module:
+    """A linear classifier: its input gradient's sign never changes, so PGD can only match or beat FGSM."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 2))
+
+
+def toy_images(count: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), np.arange(count) % 2
+
+
+def test_attack_sweep_starts_at_clean_accuracy_and_pgd_is_at_least_as_strong():
+    model, (images, labels) = toy_model(), toy_images(40)
+    epsilons = [0.0, 0.01, 0.03, 0.1]
+    sweep = attack_sweep(model, images, labels, epsilons, pgd_steps=10, batch_size=16, seed=0, device="cpu")
+
+    clean_accuracy = clean_metrics(labels, predict_fake_proba(model, images))["accuracy"]
+    assert sweep["epsilons"] == epsilons
+    assert sweep["fgsm"][0] == sweep["pgd"][0] == clean_accuracy
+    assert all(0.0 <= a <= 1.0 for a in sweep["fgsm"] + sweep["pgd"])
+    assert all(later <= earlier for earlier, later in zip(sweep["fgsm"], sweep["fgsm"][1:]))
+    assert all(p <= f + 1 / len(labels) for f, p in zip(sweep["fgsm"], sweep["pgd"]))
+    assert sweep["pgd"][-1] < clean_accuracy
+    again = attack_sweep(model, images, labels, epsilons, pgd_steps=10, batch_size=16, seed=0, device="cpu")
+    assert again["pgd"] == sweep["pgd"]
+
+
+def test_adversarial_examples_stay_within_eps_and_the_pixel_range():
+    model, (images, labels) = toy_model(), toy_images(6)
+    epsilons = [0.0, 0.03, 8 / 255]
+    adversarial, probs = adversarial_examples(model, images, labels, epsilons, "cpu")
+    clean = images.astype(np.float32) / 255
+    assert adversarial.shape == (3, *images.shape) and probs.shape == (3, 6)
+    assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
+    for eps, batch in zip(epsilons, adversarial):
+        assert np.abs(batch - clean).max() <= eps + 1e-6
+
+
+def test_clean_metrics_add_confusion_matrix_and_report():
+    labels = np.array([0, 0, 1, 1, 1])
+    metrics = clean_metrics(labels, np.array([0.1, 0.7, 0.9, 0.6, 0.2]))
+    assert metrics["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert metrics["accuracy"] == pytest.approx(0.6)
+    assert metrics["classification_report"]["fake"]["support"] == 3
+
+
+def test_showcase_alternates_classes():
+    labels = np.array([0] * 10 + [1] * 3)
+    chosen = showcase_indices(labels, 6, seed=0)
+    assert labels[chosen].tolist() == [0, 1, 0, 1, 0, 1] and len(set(chosen)) == 6
+    assert len(showcase_indices(labels, 20, seed=0)) == 13
+
+
+def test_evaluate_only_without_checkpoints_names_the_command(tmp_path, capsys):
+    code = deepfake_detection.main(["--evaluate-only", "--checkpoint-dir", str(tmp_path / "none"),
+                                    "--viz-dir", str(tmp_path / "viz"), "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert str(tmp_path / "none") in error and "run `python deepfake_detection.py` first" in error
+    assert len(error.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# One real evaluation: an untrained model pair on eight validation images, tiny preset (no training)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluated")
+    config = make_config("tiny", checkpoint_dir=str(root / "checkpoints"), viz_dir=str(root / "viz"), device="cpu",
+                         models=(MODEL,))
+    images, labels = toy_images(10, size=32)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(root / "images" / f"{i}.png"))
+        Path(paths[-1]).parent.mkdir(exist_ok=True)
+        cv2.imwrite(paths[-1], cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    everything = ImageSet(images, labels, paths)
+    checkpoint_dir = Path(config.checkpoint_dir)
+    save_split(checkpoint_dir / "split.json", everything.subset(np.arange(2)), everything.subset(np.arange(2, 10)))
+    checkpoints = {}
+    for phase in ("base", "final"):
+        checkpoints[phase] = str(checkpoint_dir / f"{MODEL}_{phase}.pt")
+        save_checkpoint(checkpoints[phase], build_model(MODEL), config=config.to_dict(), phase=phase)
+    history = [{"epoch": 1, "train_loss": 0.7, "train_acc": 0.5, "val_acc": 0.5, "val_f1": 0.4, "val_auc": 0.5,
+                "lr": 1e-3, "seconds": 1.0}]
+    update_results(results_path(checkpoint_dir), lambda r: r.update(
+        config=config.to_dict(), seed=config.seed, device="cpu",
+        models={MODEL: {"checkpoints": checkpoints, "history": {"base": history, "finetune": history}}},
+    ))
+    return config, evaluate_run(config, torch.device("cpu"))
+
+
+def test_evaluation_is_recorded_for_both_checkpoints(evaluated):
+    config, results = evaluated
+    assert load_results(results_path(config.checkpoint_dir)) == results
+    evaluation = results["models"][MODEL]["evaluation"]
+    assert evaluation["n_val"] == 8 and evaluation["settings"]["pgd_steps"] == config.pgd_steps
+    for phase in ("base", "final"):
+        measured = evaluation[phase]
+        clean = measured["clean"]
+        assert set(clean) >= {"accuracy", "precision", "recall", "f1", "auc", "confusion_matrix",
+                              "classification_report"}
+        assert np.sum(clean["confusion_matrix"]) == 8
+        assert measured["attacks"]["epsilons"] == sorted(config.eval_epsilons)
+        assert measured["attacks"]["fgsm"][0] == measured["attacks"]["pgd"][0] == clean["accuracy"]
+        assert set(measured["corruptions"]) == set(CORRUPTIONS)
+        for entry in measured["corruptions"].values():
+            assert entry["severities"] == list(config.corruption_severities)
+            assert entry["drop"] == pytest.approx([clean["accuracy"] - a for a in entry["accuracy"]])
+    assert evaluation["gradcam"]["layer"] and len(evaluation["gradcam"]["images"]) == config.gradcam_images
+
+
+def test_every_figure_and_the_report_are_written(evaluated):
+    config, _ = evaluated
+    viz_dir = Path(config.viz_dir)
+    for name in [*figure_names(MODEL).values(), OVERVIEW_NAME, REPORT_NAME]:
+        assert (viz_dir / name).stat().st_size > 0, f"{name} missing or empty"
+    report = (viz_dir / REPORT_NAME).read_text()
+    headings = ("## Summary", f"## {MODEL}", "### Clean validation", "### Accuracy under attack", "### Corruptions")
+    for heading in headings:
+        assert heading in report
+    assert "| epsilon | FGSM before | FGSM after | PGD-2 before | PGD-2 after |" in report
+    assert f"]({figure_names(MODEL)['comparison']})" in report and f"]({OVERVIEW_NAME})" in report
+
+
+def test_training_run_is_evaluated_for_every_model(tiny_run):
+    results = load_results(results_path(tiny_run.checkpoint_dir))
+    viz_dir = Path(tiny_run.viz_dir)
+    report = (viz_dir / REPORT_NAME).read_text()
+    for name in tiny_run.models:
+        evaluation = results["models"][name]["evaluation"]
+        assert {"base", "final", "gradcam", "seconds"} <= set(evaluation)
+        assert all((viz_dir / figure).stat().st_size > 0 for figure in figure_names(name).values())
+        assert f"## {name}" in report

@@ -1,0 +1,154 @@
+"""Every model speaks the same [0, 1]-in, 2-logits-out interface; checkpoints rebuild it exactly; offline is fast."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.layers import SEModule
+from torch import nn
+
+from deepfake.config import MODEL_NAMES
+from deepfake.models import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def empty_weight_caches(tmp_path, monkeypatch):
+    """No test may find (or fetch) real ImageNet weights: point both caches at empty folders, force offline."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    """Built once per file: ConvNeXt-Tiny alone takes about a second to initialise."""
+    return {name: build_model(name) for name in MODEL_NAMES}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_maps_unit_images_to_two_logits(name, models, images):
+    model = copy.deepcopy(models[name]).eval()
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    assert model.arch == name and model.pretrained_loaded is False
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_normalisation_is_the_first_layer(name, models):
+    model = models[name]
+    assert next(model.children()) is model.normalize
+    mean_image = torch.tensor(timm.data.IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    assert torch.allclose(model.normalize(mean_image), torch.zeros(1, 3, 4, 4), atol=1e-6)
+
+
+def test_resnet_se_has_three_squeeze_excitation_stages_and_the_specified_head(models):
+    model = models["resnet_se"]
+    assert sum(isinstance(m, SEModule) for m in model.modules()) == 3
+    linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears == [(512, 256), (256, 2)]
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.4, 0.3]
+
+
+def test_unknown_model_name_fails_loudly():
+    with pytest.raises(ValueError, match="resnet_se"):
+        build_model("vgg16")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_checkpoint_round_trip_gives_identical_logits(name, models, images, tmp_path):
+    model = copy.deepcopy(models[name])
+    with torch.no_grad():
+        model.train()(images)  # move BatchNorm running stats off their defaults
+        model.eval()
+        expected = model(images)
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(path, model, config={"seed": 42, "fgsm_epsilons": (0.02, 0.03)}, phase="base",
+                    metrics={"val": {"accuracy": np.float64(0.75)}})
+
+    restored = load_checkpoint(path)
+    assert not restored.training and restored.arch == name
+    with torch.no_grad():
+        assert torch.equal(restored(images), expected)
+    payload = read_checkpoint(path)
+    assert payload["classes"] == ["real", "fake"] and payload["phase"] == "base" and payload["pretrained"] is False
+    assert payload["metrics"]["val"]["accuracy"] == 0.75 and payload["config"]["fgsm_epsilons"] == [0.02, 0.03]
+    assert set(payload["versions"]) == {"torch", "timm"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # atomic: no temp file left
+
+
+def test_missing_checkpoint_names_the_file_and_the_fix(tmp_path):
+    path = tmp_path / "resnet_se_final.pt"
+    with pytest.raises(CheckpointError, match="deepfake_detection.py") as error:
+        read_checkpoint(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None, {"weights": [1, 2]}], ids=["garbage", "truncated", "foreign"])
+def test_broken_checkpoint_says_delete_and_retrain(content, models, tmp_path):
+    path = tmp_path / "model.pt"
+    if content is None:
+        save_checkpoint(path, models["resnet_se"], config={}, phase="base")
+        path.write_bytes(path.read_bytes()[:5000])
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError, match="delete it and retrain") as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_checkpoint_from_another_model_definition_is_rejected(models, tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, models["resnet_se"], config={}, phase="base")
+    payload = read_checkpoint(path)
+    payload["state_dict"].pop(next(iter(payload["state_dict"])))
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="delete it and retrain"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet_se"])
+def test_offline_pretrained_falls_back_fast_with_one_warning(name, caplog):
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="deepfake.models"):
+        model = build_model(name, pretrained=True)
+    assert time.perf_counter() - started < 10
+    assert model.pretrained_loaded is False
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] and name in caplog.text
+
+
+def test_offline_pretrained_uses_cached_weights_where_shapes_match(tmp_path, caplog):
+    """A weights file in the Hugging Face cache is used offline; the new 2-class head stays fresh."""
+    import huggingface_hub.constants
+
+    reference = timm.create_model("efficientnet_b0").state_dict()
+    hub_id = timm.models.get_pretrained_cfg("efficientnet_b0").hf_hub_id
+    repo = tmp_path / "hf" / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(reference, repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    assert huggingface_hub.constants.HF_HUB_CACHE == str(tmp_path / "hf")
+
+    with caplog.at_level(logging.INFO, logger="deepfake.models"):
+        model = build_model("efficientnet_b0", pretrained=True)
+    loaded = model.backbone.state_dict()
+    assert model.pretrained_loaded is True
+    assert torch.equal(loaded["blocks.3.0.conv_pw.weight"], reference["blocks.3.0.conv_pw.weight"])
+    assert loaded["classifier.weight"].shape == (2, 1280)
+    assert "classifier.weight" in caplog.text  # reported as kept fresh

@@ -1,0 +1,71 @@
+"""End to end on demo data: checkpoints, generated samples, results, resume."""
+import logging
+from pathlib import Path
+
+from conftest import run_config
+
+from deepfake.config import MODEL_NAMES
+from deepfake.models import load_checkpoint, read_checkpoint
+from deepfake.pipeline import run
+from deepfake.results import load_results, results_path
+from deepfake.samples import sample_manifest
+
+
+def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
+    checkpoints = Path(tiny_run.checkpoint_dir)
+    results = load_results(results_path(checkpoints))
+    assert results["config"]["preset"] == "tiny" and results["seed"] == tiny_run.seed
+    assert {"torch", "timm", "albumentations"} <= set(results["versions"])
+    counts = results["data"]["counts"]
+    assert counts["augmented"] == {"real": tiny_run.augment_per_class, "fake": tiny_run.augment_per_class}
+    assert sum(counts["adversarial"].values()) == tiny_run.adversarial_count
+    assert results["adversarial_samples"]["crafted_by"] in MODEL_NAMES
+    for name in MODEL_NAMES:
+        entry = results["models"][name]
+        for phase in ("base", "final"):
+            path = checkpoints / f"{name}_{phase}.pt"
+            assert entry["checkpoints"][phase] == str(path)
+            assert read_checkpoint(path)["phase"] == phase
+            assert 0.0 <= entry["val"][phase]["accuracy"] <= 1.0
+        assert not load_checkpoint(checkpoints / f"{name}_final.pt").training
+        assert len(entry["history"]["base"]) == tiny_run.base_epochs
+        assert len(entry["history"]["finetune"]) == tiny_run.finetune_epochs
+        assert entry["images_per_second"]["base"] > 0 and entry["wall_seconds"]["finetune"] > 0
+        assert entry["pretrained"] is False
+    for stage in ("load_data", "augmented_samples", "adversarial_samples", "evaluate"):
+        assert stage in results["timings"]
+
+
+def test_generated_samples_land_outside_the_input_data(tiny_run):
+    generated = Path(tiny_run.generated_dir)
+    for kind in ("augmented", "adversarial"):
+        manifest = sample_manifest(generated / kind)
+        assert len(list((generated / kind).glob("*/*.png"))) == len(manifest["items"])
+    assert not list(Path(tiny_run.data_dir).rglob("generated"))
+
+
+def test_rerun_skips_finished_models_resumes_and_keeps_other_models(tmp_path, demo_dir, caplog):
+    models = ("resnet_se", "efficientnet_b0")
+    run(run_config(tmp_path, demo_dir, models=models))
+    checkpoints = tmp_path / "checkpoints"
+    base = checkpoints / "resnet_se_base.pt"
+    final = checkpoints / "resnet_se_final.pt"
+    base_written = base.stat().st_mtime_ns
+    final.unlink()  # as if the run had been interrupted during phase 2
+
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
+    assert "resnet_se: base checkpoint matches the config, skipping phase 1" in caplog.text
+    assert base.stat().st_mtime_ns == base_written
+    assert final.exists()
+    assert set(load_results(results_path(checkpoints))["models"]) == set(models)
+
+    caplog.clear()
+    final_written = final.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
+    assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
+    assert final.stat().st_mtime_ns == final_written
+
+    run(run_config(tmp_path, demo_dir, models=("resnet_se",)), force=True)
+    assert final.stat().st_mtime_ns != final_written
