@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from deepfake.config import add_config_arguments, config_from_args
-from deepfake.errors import DeepfakeError
+from deepfake.errors import report_errors
+from deepfake.pipeline import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,15 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain models whose checkpoints match the config")
     parser.add_argument("--evaluate-only", action="store_true", help="re-evaluate existing checkpoints, no training")
     args = parser.parse_args(argv)
-    try:
-        from deepfake.pipeline import run
-
-        config = config_from_args(args)
-        run(config, force=args.force, evaluate_only=args.evaluate_only, explicit_data_dir=args.data_dir is not None)
-    except DeepfakeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(lambda: run(
+        config_from_args(args), force=args.force, evaluate_only=args.evaluate_only,
+        explicit_data_dir=args.data_dir is not None,
+    ))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from deepfake.ensemble import WEIGHT_SCHEMES, run_ensemble
-from deepfake.errors import DeepfakeError
+from deepfake.errors import report_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,15 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
-    try:
-        run_ensemble(
-            args.checkpoint_dir, test_dir=args.test_dir, output=args.output, scheme=args.weights,
-            checkpoints=checkpoints, probabilities=args.probabilities, device=args.device,
-        )
-    except DeepfakeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(lambda: run_ensemble(
+        args.checkpoint_dir, test_dir=args.test_dir, output=args.output, scheme=args.weights,
+        checkpoints=checkpoints, probabilities=args.probabilities, device=args.device,
+    ))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Epsilon = float | torch.Tensor
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Craft against the deterministic model (no dropout, no BatchNorm stat updates), then restore each module's mode."""
+    """Craft against the deterministic model (no dropout, no BatchNorm stat updates); restore every module's mode."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:

@@ -74,9 +74,10 @@ def run_members(results: dict, checkpoint_dir: Path) -> list[Member]:
 
 
 def _locate(recorded: Path, checkpoint_dir: Path) -> Path:
-    """The recorded path, or the file of that name in checkpoint_dir when the run was moved or ran elsewhere."""
-    moved = checkpoint_dir / recorded.name
-    return moved if not recorded.exists() and moved.exists() else recorded
+    """The file of that name in checkpoint_dir if it is there (recorded paths may be relative to another
+    working directory, or the run was copied), else the recorded path."""
+    local = checkpoint_dir / recorded.name
+    return local if local.exists() else recorded
 
 
 def explicit_members(paths: list[Path]) -> list[Member]:

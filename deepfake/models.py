@@ -23,12 +23,12 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 from .config import MODEL_NAMES
+from .data import CLASS_NAMES
 from .errors import DeepfakeError
 from .io import save_torch
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("real", "fake")  # logit index = label
 HUB_PROBE_SECONDS = 3.0  # longest wait to learn that the weight hub is unreachable
 CHECKPOINT_KEYS = ("arch", "state_dict", "config", "phase", "classes", "metrics", "pretrained", "versions")
 
@@ -94,17 +94,17 @@ def _resnet_se() -> nn.Module:
         nn.Linear(512, 256),
         nn.ReLU(inplace=True),
         nn.Dropout(0.3),
-        nn.Linear(256, len(CLASSES)),
+        nn.Linear(256, len(CLASS_NAMES)),
     )
 
 
 def _convnext_tiny() -> nn.Module:
     # Stock 4x stem kept: measured at 32x32, finer stems trained no better at 3x the cost (see README).
-    return timm.create_model("convnext_tiny", num_classes=len(CLASSES))
+    return timm.create_model("convnext_tiny", num_classes=len(CLASS_NAMES))
 
 
 def _efficientnet_b0() -> nn.Module:
-    model = timm.create_model("efficientnet_b0", num_classes=len(CLASSES))
+    model = timm.create_model("efficientnet_b0", num_classes=len(CLASS_NAMES))
     # Stem stride 1 (final map 2x2, not 1x1): the stock stride-2 stem barely fits 32x32 training data; see README.
     model.conv_stem.stride = (1, 1)
     return model
@@ -232,7 +232,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, config: dict, 
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": _plain(config),
         "phase": phase,
-        "classes": list(CLASSES),
+        "classes": list(CLASS_NAMES),
         "metrics": _plain(metrics or {}),
         "pretrained": bool(model.pretrained_loaded),
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},

@@ -8,15 +8,16 @@ never holds a throw-away model that the ensemble could pick up; its numbers only
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from .config import make_config
 from .data import resolve_data_dir
 from .demo_data import build_demo_dataset
-from .models import CheckpointError
 
 DATA_ENV = "DEEPFAKE_DATA_DIR"
 CHECKPOINT_ENV = "DEEPFAKE_CHECKPOINT_DIR"
@@ -33,6 +34,7 @@ def data_dir() -> Path:
 
 def checkpoint_dir() -> Path:
     """$DEEPFAKE_CHECKPOINT_DIR, else the config's checkpoint dir if it holds a training run, else a tiny demo run."""
+    from .models import CheckpointError  # imports timm: only the notebooks that load checkpoints pay for it
     from .pipeline import load_run_config
 
     explicit = os.environ.get(CHECKPOINT_ENV)
@@ -43,18 +45,20 @@ def checkpoint_dir() -> Path:
         if explicit:
             raise
         print(f"No training run in {configured} (train with `python deepfake_detection.py`); "
-              f"using a tiny demo run instead, whose numbers mean nothing.")
+              f"training a tiny demo run instead (about a minute), whose numbers mean nothing.")
         return demo_run()
     return configured
 
 
 @functools.cache
 def demo_run() -> Path:
-    """Checkpoint dir of a tiny training run, with its ensemble, on demo data in a new temporary folder."""
+    """Checkpoint dir of a tiny training run, with its ensemble, on demo data in a temporary folder that lives
+    as long as the kernel (its checkpoints take about 350 MB)."""
     from .ensemble import run_ensemble
     from .pipeline import run
 
     root = Path(tempfile.mkdtemp(prefix="deepfake-notebook-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     demo = build_demo_dataset(root / "demo", **DEMO_RUN_IMAGES)
     config = make_config("tiny", data_dir=str(demo), generated_dir=str(root / "generated"),
                          checkpoint_dir=str(root / "checkpoints"), viz_dir=str(root / "visualizations"))

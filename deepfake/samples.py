@@ -26,49 +26,53 @@ MANIFEST = "manifest.json"
 
 def augmented_samples(train: ImageSet, config: Config, data_id: str) -> ImageSet:
     """``augment_per_class`` heavy augmentations per class, each from a random training image."""
-    out_dir = Path(config.generated_dir) / "augmented"
-    fingerprint = f"{data_id}-{config.fingerprint(('seed', 'val_fraction', 'augment_per_class', 'image_size'))}"
-    cached = _load_cached(out_dir, fingerprint, config.image_size)
-    if cached is not None:
-        log.info("reusing %d augmented samples in %s", len(cached), out_dir)
-        return cached
-    rng = np.random.default_rng(config.seed)
-    sources = np.concatenate([
-        rng.choice(np.flatnonzero(train.labels == label), config.augment_per_class, replace=True)
-        for label in range(len(CLASS_NAMES))
-    ])
-    images = augment(train.images[sources], heavy_transform(config.image_size), config.seed)
-    samples = ImageSet(images, train.labels[sources].copy(), [train.paths[i] for i in sources])
-    _write_samples(out_dir, samples, fingerprint, extra=[{} for _ in sources])
-    log.info("generated %d augmented samples in %s", len(samples), out_dir)
-    return _load_cached(out_dir, fingerprint, config.image_size)
+    def make() -> tuple[ImageSet, list[dict], dict]:
+        rng = np.random.default_rng(config.seed)
+        sources = np.concatenate([
+            rng.choice(np.flatnonzero(train.labels == label), config.augment_per_class, replace=True)
+            for label in range(len(CLASS_NAMES))
+        ])
+        images = augment(train.images[sources], heavy_transform(config.image_size), config.seed)
+        samples = ImageSet(images, train.labels[sources].copy(), [train.paths[i] for i in sources])
+        return samples, [{} for _ in sources], {}
+
+    keys = ("seed", "val_fraction", "augment_per_class", "image_size")
+    return _reuse_or_generate("augmented", config, f"{data_id}-{config.fingerprint(keys)}", make)
 
 
 def adversarial_samples(
     model: torch.nn.Module, crafted_by: str, train: ImageSet, config: Config, data_id: str, device: torch.device,
 ) -> ImageSet:
     """``adversarial_count`` FGSM images against a trained base model; each keeps its source's true label."""
-    out_dir = Path(config.generated_dir) / "adversarial"
-    fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
+    def make() -> tuple[ImageSet, list[dict], dict]:
+        generator = torch.Generator().manual_seed(config.seed + 7)
+        sources = torch.randperm(len(train), generator=generator)[: config.adversarial_count].numpy()
+        if len(sources) < config.adversarial_count:
+            sources = np.resize(sources, config.adversarial_count)
+        eps = sample_epsilons(len(sources), config.fgsm_epsilons, generator)
+        adversarial = []
+        for chunk in np.array_split(np.arange(len(sources)), max(1, len(sources) // config.eval_batch_size)):
+            x = to_float(to_tensor(train.images[sources[chunk]]), device)
+            y = torch.from_numpy(train.labels[sources[chunk]]).to(device)
+            x_adv = fgsm(model, x, y, eps[chunk].to(device))
+            adversarial.append((x_adv * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+        samples = ImageSet(np.concatenate(adversarial), train.labels[sources].copy(), [train.paths[i] for i in sources])
+        extra = [{"eps": float(e), "crafted_by": crafted_by} for e in eps]
+        return samples, extra, {"crafted_by": crafted_by}
+
+    return _reuse_or_generate("adversarial", config, f"{data_id}-{config.fingerprint(TRAINING_KEYS)}", make)
+
+
+def _reuse_or_generate(kind: str, config: Config, fingerprint: str, make) -> ImageSet:
+    """Samples on disk if their manifest matches ``fingerprint``; otherwise ``make()`` them and write them."""
+    out_dir = Path(config.generated_dir) / kind
     cached = _load_cached(out_dir, fingerprint, config.image_size)
     if cached is not None:
-        log.info("reusing %d adversarial samples in %s", len(cached), out_dir)
+        log.info("reusing %d %s samples in %s", len(cached), kind, out_dir)
         return cached
-    generator = torch.Generator().manual_seed(config.seed + 7)
-    sources = torch.randperm(len(train), generator=generator)[: config.adversarial_count].numpy()
-    if len(sources) < config.adversarial_count:
-        sources = np.resize(sources, config.adversarial_count)
-    eps = sample_epsilons(len(sources), config.fgsm_epsilons, generator)
-    adversarial = []
-    for chunk in np.array_split(np.arange(len(sources)), max(1, len(sources) // config.eval_batch_size)):
-        x = to_float(to_tensor(train.images[sources[chunk]]), device)
-        y = torch.from_numpy(train.labels[sources[chunk]]).to(device)
-        x_adv = fgsm(model, x, y, eps[chunk].to(device))
-        adversarial.append((x_adv * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-    samples = ImageSet(np.concatenate(adversarial), train.labels[sources].copy(), [train.paths[i] for i in sources])
-    extra = [{"eps": float(e), "crafted_by": crafted_by} for e in eps]
-    _write_samples(out_dir, samples, fingerprint, extra=extra, crafted_by=crafted_by)
-    log.info("generated %d FGSM samples with %s in %s", len(samples), crafted_by, out_dir)
+    samples, extra, meta = make()
+    _write_samples(out_dir, samples, fingerprint, extra=extra, **meta)
+    log.info("generated %d %s samples in %s", len(samples), kind, out_dir)
     return _load_cached(out_dir, fingerprint, config.image_size)
 
 

@@ -8,10 +8,14 @@ from torch import nn
 
 from deepfake.attacks import eval_mode, fgsm, pgd, sample_epsilons
 
+def seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(1)
+
+
 ATTACKS = {
     "fgsm": lambda m, x, y, eps: fgsm(m, x, y, eps),
-    "fgsm_random_start": lambda m, x, y, eps: fgsm(m, x, y, eps, random_start=True, generator=torch.Generator().manual_seed(1)),
-    "pgd": lambda m, x, y, eps: pgd(m, x, y, eps, steps=5, generator=torch.Generator().manual_seed(1)),
+    "fgsm_random_start": lambda m, x, y, eps: fgsm(m, x, y, eps, random_start=True, generator=seeded()),
+    "pgd": lambda m, x, y, eps: pgd(m, x, y, eps, steps=5, generator=seeded()),
 }
 
 
@@ -61,7 +65,7 @@ def test_pgd_at_least_as_strong_as_fgsm(batch):
     images, labels = batch
     model = toy_model()
     fgsm_loss = loss_of(model, fgsm(model, images, labels, 0.1), labels)
-    pgd_loss = loss_of(model, pgd(model, images, labels, 0.1, steps=10, generator=torch.Generator().manual_seed(0)), labels)
+    pgd_loss = loss_of(model, pgd(model, images, labels, 0.1, steps=10, generator=seeded()), labels)
     assert pgd_loss >= fgsm_loss - 1e-6
 
 
@@ -110,7 +114,7 @@ def test_attacks_work_under_no_grad(batch):
 def test_random_start_is_reproducible_with_a_generator(batch):
     images, labels = batch
     model = toy_model()
-    first, second = (pgd(model, images, labels, 0.03, steps=2, generator=torch.Generator().manual_seed(5)) for _ in range(2))
+    first, second = (pgd(model, images, labels, 0.03, steps=2, generator=seeded()) for _ in range(2))
     assert torch.equal(first, second)
 
 

@@ -97,7 +97,9 @@ def test_missing_checkpoint_names_the_file_and_the_fix(tmp_path):
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint", None, {"weights": [1, 2]}], ids=["garbage", "truncated", "foreign"])
+@pytest.mark.parametrize(
+    "content", [b"not a checkpoint", None, {"weights": [1, 2]}], ids=["garbage", "truncated", "foreign"]
+)
 def test_broken_checkpoint_says_delete_and_retrain(content, models, tmp_path):
     path = tmp_path / "model.pt"
     if content is None:
