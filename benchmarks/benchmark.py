@@ -81,7 +81,7 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "command": "python benchmarks/benchmark.py --preset " + args.preset,
-        "pipeline_command": " ".join(command[1:]),
+        "pipeline_command": " ".join(command[1:]).replace(f"{REPO}/", ""),
         "preset": args.preset,
         "split": {"pipeline_images": count_images(pipeline_data), "unseen_images": len(unseen), "seed": args.seed},
         "stage_seconds": stage_seconds,
@@ -225,7 +225,7 @@ def markdown_section(report: dict) -> str:
         "### Unseen split (never used for training or any choice)\n",
         "| model | acc base | acc final | F1 | AUC | PGD-20 2/255 | 4/255 | 8/255 | APGD-CE 2/255 | 4/255 | 8/255 "
         "| JPEG q40 | noise 0.08 | blur 1.0 |",
-        "|---|" + "---:|" * 14,
+        "|---|" + "---:|" * 13,
     ]
     for name, s in report["unseen"].items():
         lines.append("| " + " | ".join([

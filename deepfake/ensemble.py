@@ -158,7 +158,6 @@ def predict_members(models: dict[str, nn.Module], image_sets: dict[str, np.ndarr
         for key, images in image_sets.items():
             probs[key][name] = predict_fake_proba(
                 model, images, batch_size=config.eval_batch_size, device=device, tta_flip=config.tta_flip,
-                progress=True,
             )
     return probs
 

@@ -47,7 +47,9 @@ def evaluate_run(config: Config, device: torch.device) -> dict:
     checkpoint_dir = Path(config.checkpoint_dir)
     path = results_path(checkpoint_dir)
     results = load_results(path)
-    trained = [name for name, entry in results.get("models", {}).items() if entry.get("checkpoints")]
+    # Models of this run only: a `--models` subset leaves the other models' evaluations as they were.
+    trained = [name for name, entry in results.get("models", {}).items()
+               if entry.get("checkpoints") and name in config.models]
     if not trained:
         raise CheckpointError(f"no trained checkpoints in {checkpoint_dir}: run `python deepfake_detection.py` first")
 
