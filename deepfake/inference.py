@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .data import to_tensor
 from .errors import ConfigError
 
 
@@ -22,9 +23,7 @@ def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def as_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        return images
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return images if isinstance(images, torch.Tensor) else to_tensor(images)
 
 
 @torch.no_grad()
