@@ -122,7 +122,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         trainer.finetune(name, finetune_pool, val, timings)
 
     with _timed(timings, "evaluate"):
-        results = evaluate_run(config, device)
+        evaluate_run(config, device)
     return update_results(path, lambda r: r.update(timings=timings))
 
 
