@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from .config import AUGMENTATIONS
 from .demo_data import build_demo_dataset
 from .errors import DeepfakeError
 from .io import read_json, write_json
@@ -290,8 +291,21 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
-def train_transform() -> A.Compose:
-    """Light augmentation for every training batch: it must not wash out generator traces."""
+def train_transform(style: str = "lossless", size: int = 32) -> A.Compose:
+    """The per-batch jitter of training.
+
+    "lossless" only moves pixels (mirror, shift by up to 1/16 of the side, borders reflected), so the
+    generator's pixel-level traces survive; "seed" is the seed notebook's jitter (small rotations and
+    colour jitter, which resample and recolour the image). Measured in benchmarks/LEVERS.md.
+    """
+    if style == "lossless":
+        pad = size // 8
+        return A.Compose([
+            A.HorizontalFlip(p=0.5),
+            A.PadIfNeeded(size + pad, size + pad, border_mode=cv2.BORDER_REFLECT_101),
+            A.RandomCrop(size, size),
+        ])
+    _check_style(style)
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.Affine(rotate=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=0.3),
@@ -299,8 +313,20 @@ def train_transform() -> A.Compose:
     ])
 
 
-def heavy_transform(size: int = 32) -> A.Compose:
-    """The sample-generation pipeline (new training images, not a per-batch jitter); keeps ``size``."""
+def sample_transform(style: str = "lossless", size: int = 32) -> A.Compose:
+    """The generator of augmented training samples (new images, not a per-batch jitter); keeps ``size``.
+
+    "lossless": any of the 8 flips/right-angle rotations plus a whole-pixel shift of up to 1/8 of the
+    side, which makes new images without resampling; "seed": the seed notebook's heavy pipeline.
+    """
+    if style == "lossless":
+        pad = size // 4
+        return A.Compose([
+            A.D4(p=1.0),
+            A.PadIfNeeded(size + pad, size + pad, border_mode=cv2.BORDER_REFLECT_101),
+            A.RandomCrop(size, size),
+        ])
+    _check_style(style)
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.3),
@@ -311,6 +337,11 @@ def heavy_transform(size: int = 32) -> A.Compose:
         # RandomPerspective(distortion_scale=0.2) moves them by U(0, 10%).
         A.Perspective(scale=(0.04, 0.08), p=0.5),
     ])
+
+
+def _check_style(style: str) -> None:
+    if style not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {style!r}; choose one of {', '.join(AUGMENTATIONS)}")
 
 
 def augment(images: np.ndarray, transform: A.Compose, seed: int) -> np.ndarray:

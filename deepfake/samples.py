@@ -16,7 +16,7 @@ import torch
 
 from .attacks import fgsm, sample_epsilons
 from .config import TRAINING_KEYS, Config
-from .data import CLASS_NAMES, ImageSet, augment, heavy_transform, load_images, to_tensor
+from .data import CLASS_NAMES, ImageSet, augment, load_images, sample_transform, to_tensor
 from .inference import to_float
 from .io import atomic_path, read_json, write_json
 
@@ -25,18 +25,18 @@ MANIFEST = "manifest.json"
 
 
 def augmented_samples(train: ImageSet, config: Config, data_id: str) -> ImageSet:
-    """``augment_per_class`` heavy augmentations per class, each from a random training image."""
+    """``augment_per_class`` augmentations per class, each from a random training image."""
     def make() -> tuple[ImageSet, list[dict], dict]:
         rng = np.random.default_rng(config.seed)
         sources = np.concatenate([
             rng.choice(np.flatnonzero(train.labels == label), config.augment_per_class, replace=True)
             for label in range(len(CLASS_NAMES))
         ])
-        images = augment(train.images[sources], heavy_transform(config.image_size), config.seed)
+        images = augment(train.images[sources], sample_transform(config.augmentation, config.image_size), config.seed)
         samples = ImageSet(images, train.labels[sources].copy(), [train.paths[i] for i in sources])
         return samples, [{} for _ in sources], {}
 
-    keys = ("seed", "val_fraction", "augment_per_class", "image_size")
+    keys = ("seed", "val_fraction", "augment_per_class", "augmentation", "image_size")
     return _reuse_or_generate("augmented", config, f"{data_id}-{config.fingerprint(keys)}", make)
 
 

@@ -1,4 +1,5 @@
 import argparse
+import json
 
 import pytest
 
@@ -42,11 +43,19 @@ def test_unknown_names_fail_with_the_choices():
         make_config("nope")
     with pytest.raises(ConfigError, match="epochz"):
         make_config("full", epochz=3)
+    with pytest.raises(ConfigError, match="heavy; choose from lossless, seed"):
+        make_config("full", augmentation="heavy")
+    with pytest.raises(ConfigError, match="effnet; choose from"):
+        make_config("full", model_lr=(("effnet", 1e-3),))
+    with pytest.raises(ConfigError, match="resnet; choose from"):
+        make_config("full", spectrum_models=("resnet",))
+    with pytest.raises(ConfigError, match="f1; choose from accuracy, auc"):
+        make_config("full", select_metric="f1")
 
 
 def test_dict_round_trip_and_fingerprint():
-    config = make_config("quick", seed=3)
-    again = config_from_dict(config.to_dict())
+    config = make_config("quick", seed=3, model_lr=(("efficientnet_b0", 1e-3),))
+    again = config_from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
     assert again.fingerprint(("seed", "lr")) == config.fingerprint(("seed", "lr"))
     assert make_config("quick", seed=4).fingerprint(("seed",)) != config.fingerprint(("seed",))

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepfake.config import AUGMENTATIONS
 from deepfake.data import (
-    DataError, ImageSet, augment, file_number, find_labelled_dirs, find_test_dir, heavy_transform, list_image_files,
+    DataError, ImageSet, augment, file_number, find_labelled_dirs, find_test_dir, list_image_files,
     load_images, load_labelled, load_split, load_test, order_test_files, resolve_data_dir, save_split, split_indices,
-    to_tensor, train_transform,
+    sample_transform, to_tensor, train_transform,
 )
 
 
@@ -232,14 +233,29 @@ def test_half_filled_data_dir_is_an_error_not_a_demo_run(tmp_path):
 
 def test_augment_is_deterministic_and_keeps_shape():
     images = np.stack([rgb(i) for i in range(16)])
-    for transform in (train_transform(), heavy_transform()):
+    for transform in [make(style) for style in AUGMENTATIONS for make in (train_transform, sample_transform)]:
         first, again = augment(images, transform, seed=5), augment(images, transform, seed=5)
         assert first.shape == images.shape and first.dtype == np.uint8
         assert np.array_equal(first, again) and not np.array_equal(first, augment(images, transform, seed=6))
         assert not np.array_equal(first, images)
     large = np.stack([rgb(i, size=64) for i in range(4)])
-    assert augment(large, heavy_transform(64), seed=0).shape == large.shape
+    assert augment(large, sample_transform("seed", 64), seed=0).shape == large.shape
+    assert augment(large, sample_transform("lossless", 64), seed=0).shape == large.shape
     assert augment(images[:0], train_transform(), seed=0).shape == (0, 32, 32, 3)
+
+
+def test_lossless_augmentation_only_moves_pixels_and_the_seed_style_makes_new_colours():
+    """Generator traces live in exact pixel values: lossless outputs reuse the source's colours only."""
+    images = np.stack([rgb(i) for i in range(8)])
+    for make in (train_transform, sample_transform):
+        lossless = augment(images, make("lossless"), seed=1)
+        for source, output in zip(images, lossless):
+            assert set(map(tuple, output.reshape(-1, 3))) <= set(map(tuple, source.reshape(-1, 3)))
+    seed_style = augment(images, sample_transform("seed"), seed=1)
+    assert any(not set(map(tuple, o.reshape(-1, 3))) <= set(map(tuple, s.reshape(-1, 3)))
+               for s, o in zip(images, seed_style))
+    with pytest.raises(ValueError, match="lossless"):
+        train_transform("heavy")
 
 
 def test_challenge_data_loads_in_file_order(shared_data):

@@ -154,3 +154,37 @@ def test_offline_pretrained_uses_cached_weights_where_shapes_match(tmp_path, cap
     assert torch.equal(loaded["blocks.3.0.conv_pw.weight"], reference["blocks.3.0.conv_pw.weight"])
     assert loaded["classifier.weight"].shape == (2, 1280)
     assert "classifier.weight" in caplog.text  # reported as kept fresh
+
+
+def test_spectrum_head_round_trips_and_passes_input_gradients(images, tmp_path):
+    model = build_model("resnet_se", spectrum=True)
+    with torch.no_grad():
+        model.train()(images)
+    model.eval()
+    path = tmp_path / "spectrum.pt"
+    save_checkpoint(path, model, config={}, phase="base")
+    restored = load_checkpoint(path)
+    assert restored.spectrum is not None
+    x = images.clone().requires_grad_(True)
+    logits = restored(x)
+    (gradient,) = torch.autograd.grad(logits[:, 1].sum(), x)
+    assert torch.equal(logits.detach(), model(images).detach()) and gradient.abs().sum() > 0
+    assert build_model("resnet_se").spectrum is None
+    with torch.no_grad():
+        assert restored(torch.rand(2, 3, 48, 48)).shape == (2, 2)  # other sizes are pooled to the 32x32 grid
+
+
+def test_spectrum_features_expose_a_faint_periodic_trace_that_pixel_statistics_hide():
+    """A +-6-grey-level period-2 pattern (an upsampling-style trace) on noise of +-100 grey levels leaves
+    mean and spread as they were, but raises the Nyquist bin of nearly every image and no other (non-DC) bin."""
+    from deepfake.models import SpectrumHead
+
+    clean = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    checker = ((torch.arange(32).view(-1, 1) + torch.arange(32)) % 2).float() * 12 / 255 - 6 / 255
+    marked = clean + checker
+    assert abs(marked.mean() - clean.mean()) < 1e-3 and abs(marked.std() - clean.std()) < 2e-3
+    change = SpectrumHead.log_spectrum(marked) - SpectrumHead.log_spectrum(clean)
+    assert (change[..., 16, 16] > 0).float().mean() > 0.95
+    change[..., 16, 16] = change[..., 0, 0] = 0  # the DC bin is ~0 once the mean is removed
+    assert change.abs().max() < 1e-3
+    assert SpectrumHead.log_spectrum(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 17)

@@ -57,3 +57,24 @@ def test_diverging_loss_stops_with_a_clear_message(toy_split):
     config = make_config("tiny", lr=1e12, batch_size=32, base_epochs=3, max_steps_per_epoch=5)
     with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
         train_phase(toy_model(), train, val, config, base_settings(config), CPU, "toy")
+
+
+@pytest.mark.parametrize("metric,columns", [("accuracy", ("val_acc", "val_auc")), ("auc", ("val_auc", "val_acc"))])
+def test_base_phase_keeps_the_epoch_best_on_the_chosen_metric(toy_split, metric, columns):
+    train, val = toy_split
+    config = make_config("tiny", batch_size=32, base_epochs=6, patience=6, lr=3e-3, max_steps_per_epoch=3,
+                         select_metric=metric)
+    model = toy_model()
+    result = train_phase(model, train, val, config, base_settings(config), CPU, "toy")
+    scores = [tuple(row[column] for column in columns) for row in result.history]  # ties break on the other
+    assert result.best_epoch == scores.index(max(scores)) + 1
+    with torch.no_grad():
+        kept = (model.eval()(to_float(as_nchw_uint8(val.images), CPU)).argmax(1).numpy() == val.labels).mean()
+    assert kept == pytest.approx(result.history[result.best_epoch - 1]["val_acc"])
+
+
+def test_model_lr_replaces_the_base_learning_rate_for_that_model_only():
+    config = make_config("tiny", lr=5e-4, model_lr=(("efficientnet_b0", 2e-3),))
+    assert base_settings(config, "efficientnet_b0").lr == 2e-3
+    assert base_settings(config, "resnet_se").lr == base_settings(config).lr == 5e-4
+    assert finetune_settings(config).lr == config.finetune_lr

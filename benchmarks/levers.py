@@ -1,0 +1,124 @@
+"""Measure one training lever: phase 1 (and optionally phase 2) of one model on the benchmark's pipeline split.
+
+    python benchmarks/levers.py --model resnet_se --set augmentation='"seed"' spectrum_models='("resnet_se",)'
+    python benchmarks/levers.py --model resnet_se --finetune --set fgsm_epsilons="(0.02,0.03,0.05,0.08)"
+
+Reads the train/validation split that ``benchmarks/benchmark.py --preset full`` made inside its
+pipeline part (run it first), so a lever is chosen on the pipeline's validation images only, never
+on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config fields with Python
+literals. Prints one JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and
+PGD-10 accuracy at 2/255 and 8/255 before and after phase 2) and appends it to benchmarks/levers.jsonl.
+
+    python benchmarks/levers.py --table
+
+rewrites the table between the markers in benchmarks/LEVERS.md from levers.jsonl, so no number
+there is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from deepfake.attacks import pgd  # noqa: E402
+from deepfake.config import MODEL_NAMES, TRAINING_KEYS, make_config  # noqa: E402
+from deepfake.data import ImageSet, load_split  # noqa: E402
+from deepfake.inference import as_nchw_uint8, to_float  # noqa: E402
+from deepfake.models import build_model  # noqa: E402
+from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
+from deepfake.samples import augmented_samples  # noqa: E402
+from deepfake.train import base_settings, finetune_settings, train_phase  # noqa: E402
+
+RUN_DIR = REPO / "benchmarks" / "runs" / "full"
+RECORDS = REPO / "benchmarks" / "levers.jsonl"
+LEVERS_MD = REPO / "benchmarks" / "LEVERS.md"
+MARKERS = ("<!-- levers.jsonl table: start -->", "<!-- levers.jsonl table: end -->")
+ATTACK_EPSILONS = {"2/255": 2 / 255, "8/255": 8 / 255}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet_se", choices=MODEL_NAMES)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
+    parser.add_argument("--finetune", action="store_true", help="also run phase 2 and attack before/after")
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    parser.add_argument("--table", action="store_true", help="only rewrite the table in LEVERS.md")
+    args = parser.parse_args()
+    if args.table:
+        write_table()
+        return 0
+
+    overrides = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.set)}
+    config = make_config("full", **overrides)
+    samples = f"{config.augmentation}-{config.augment_per_class}"
+    config.generated_dir = str(REPO / "benchmarks" / "runs" / "levers" / samples)
+    device = setup_runtime(config)
+    train, val, _ = load_split(args.run_dir / "checkpoints" / SPLIT_NAME, config.image_size)
+    data_id = hashlib.sha1("\n".join(train.paths).encode()).hexdigest()[:12]
+    pool = ImageSet.concat(train, augmented_samples(train, config, data_id))
+
+    model = build_model(args.model, spectrum=args.model in config.spectrum_models).to(device)
+    started = time.perf_counter()
+    base = train_phase(model, pool, val, config, base_settings(config, args.model), device, label=args.model)
+    record = {
+        "model": args.model, "set": overrides, "config": {key: getattr(config, key) for key in TRAINING_KEYS},
+        "best_epoch": base.best_epoch,
+        "val_acc": [round(row["val_acc"], 3) for row in base.history],
+        "val_auc": [round(row["val_auc"], 3) for row in base.history],
+        "kept_val_acc": round(base.val_metrics["accuracy"], 3), "images_per_second": round(base.images_per_second),
+    }
+    if args.finetune:
+        record["attack_before"] = attack_accuracy(model, val, device)
+        train_phase(model, pool, val, config, finetune_settings(config), device, label=args.model)
+        record["attack_after"] = attack_accuracy(model, val, device)
+    record["seconds"] = round(time.perf_counter() - started)
+    print(json.dumps(record))
+    with open(RECORDS, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return 0
+
+
+def attack_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) -> dict[str, float]:
+    """Clean and PGD-10 validation accuracy."""
+    images, labels = to_float(as_nchw_uint8(val.images), device), torch.from_numpy(val.labels).to(device)
+    model.eval()
+    scores = {}
+    for label, eps in {"clean": 0.0, **ATTACK_EPSILONS}.items():
+        generator = torch.Generator().manual_seed(0)
+        attacked = pgd(model, images, labels, eps, steps=10, generator=generator) if eps else images
+        with torch.no_grad():
+            scores[label] = round((model(attacked).argmax(1) == labels).float().mean().item(), 3)
+    return scores
+
+
+def write_table() -> None:
+    """Every record as one row: overrides, validation accuracy kept, and attacks before/after phase 2."""
+    pct = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
+    rows = ["| model | `--set` (besides the 8-epoch budget) | val acc kept (epoch) | best val AUC "
+            "| clean / PGD-10 2/255 / 8/255 before fine-tune | after fine-tune |", "|---|---|---:|---:|---|---|"]
+    for line in RECORDS.read_text().splitlines():
+        record = json.loads(line)
+        overrides = {k: v for k, v in record["set"].items() if k not in ("base_epochs", "patience")}
+        setting = " ".join(f"{k}={v}" for k, v in overrides.items()) or "(`full` as is)"
+        attacks = [" / ".join(pct(record[key][k]) for k in ("clean", *ATTACK_EPSILONS)) if key in record else ""
+                   for key in ("attack_before", "attack_after")]
+        rows.append(f"| {record['model']} | {setting} | {pct(record['kept_val_acc'])} ({record['best_epoch']}) "
+                    f"| {pct(max(record['val_auc']))} | {attacks[0]} | {attacks[1]} |")
+    text = LEVERS_MD.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    LEVERS_MD.write_text(text[:start] + "\n" + "\n".join(rows) + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
