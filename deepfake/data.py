@@ -299,12 +299,7 @@ def train_transform(style: str = "lossless", size: int = 32) -> A.Compose:
     colour jitter, which resample and recolour the image). Measured in benchmarks/LEVERS.md.
     """
     if style == "lossless":
-        pad = size // 8
-        return A.Compose([
-            A.HorizontalFlip(p=0.5),
-            A.PadIfNeeded(size + pad, size + pad, border_mode=cv2.BORDER_REFLECT_101),
-            A.RandomCrop(size, size),
-        ])
+        return A.Compose([A.HorizontalFlip(p=0.5), *_whole_pixel_shift(size, size // 8)])
     _check_style(style)
     return A.Compose([
         A.HorizontalFlip(p=0.5),
@@ -320,12 +315,7 @@ def sample_transform(style: str = "lossless", size: int = 32) -> A.Compose:
     side, which makes new images without resampling; "seed": the seed notebook's heavy pipeline.
     """
     if style == "lossless":
-        pad = size // 4
-        return A.Compose([
-            A.D4(p=1.0),
-            A.PadIfNeeded(size + pad, size + pad, border_mode=cv2.BORDER_REFLECT_101),
-            A.RandomCrop(size, size),
-        ])
+        return A.Compose([A.D4(p=1.0), *_whole_pixel_shift(size, size // 4)])
     _check_style(style)
     return A.Compose([
         A.HorizontalFlip(p=0.5),
@@ -337,6 +327,11 @@ def sample_transform(style: str = "lossless", size: int = 32) -> A.Compose:
         # RandomPerspective(distortion_scale=0.2) moves them by U(0, 10%).
         A.Perspective(scale=(0.04, 0.08), p=0.5),
     ])
+
+
+def _whole_pixel_shift(size: int, pad: int) -> list:
+    """Reflect-pad by ``pad`` pixels in all, then crop back to ``size``: a shift that never resamples."""
+    return [A.PadIfNeeded(size + pad, size + pad, border_mode=cv2.BORDER_REFLECT_101), A.RandomCrop(size, size)]
 
 
 def _check_style(style: str) -> None:
