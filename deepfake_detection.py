@@ -6,7 +6,6 @@ import sys
 
 from deepfake.config import add_config_arguments, config_from_args
 from deepfake.errors import report_errors
-from deepfake.pipeline import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain models whose checkpoints match the config")
     parser.add_argument("--evaluate-only", action="store_true", help="re-evaluate existing checkpoints, no training")
     args = parser.parse_args(argv)
+    from deepfake.pipeline import run  # torch loads here, so --help and usage errors stay instant
+
     return report_errors(lambda: run(
         config_from_args(args), force=args.force, evaluate_only=args.evaluate_only,
         explicit_data_dir=args.data_dir is not None,

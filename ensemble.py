@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deepfake.ensemble import WEIGHT_SCHEMES, run_ensemble
+from deepfake.config import WEIGHT_SCHEMES
 from deepfake.errors import report_errors
 
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
+    from deepfake.ensemble import run_ensemble  # torch loads here, so --help and usage errors stay instant
+
     return report_errors(lambda: run_ensemble(
         args.checkpoint_dir, test_dir=args.test_dir, output=args.output, scheme=args.weights,
         checkpoints=checkpoints, probabilities=args.probabilities, device=args.device,

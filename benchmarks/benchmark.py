@@ -33,7 +33,7 @@ from deepfake.attacks import pgd  # noqa: E402
 from deepfake.corruptions import apply_corruption  # noqa: E402
 from deepfake.data import ImageSet, load_labelled, split_indices  # noqa: E402
 from deepfake.ensemble import weighted_fake_proba  # noqa: E402
-from deepfake.inference import as_nchw_uint8, fake_proba, predict_fake_proba, to_float  # noqa: E402
+from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
 from deepfake.io import write_json, write_text  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import load_checkpoint  # noqa: E402
@@ -146,7 +146,7 @@ def score_model(model: torch.nn.Module, unseen: ImageSet, tta: bool, attack: boo
     generator = torch.Generator().manual_seed(0)
     for label, eps in PGD_EPSILONS.items() if attack else ():
         adversarial = pgd(model, images, targets, eps, steps=20, generator=generator)
-        scores[f"pgd20_{label}"] = accuracy_on(model, adversarial, labels)
+        scores[f"pgd20_{label}"] = count_correct(model.eval(), adversarial, targets) / len(targets)
         scores[f"apgd_ce_{label}"] = apgd_accuracy(model, images, targets, eps)
     for label, (name, value) in CORRUPTIONS.items():
         scores[label] = classification_metrics(
@@ -168,13 +168,6 @@ def score_ensemble(models: dict, weights: dict, unseen: ImageSet, tta: bool) -> 
     return scores
 
 
-@torch.no_grad()
-def accuracy_on(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) -> float:
-    model.eval()
-    predictions = (fake_proba(model, images) >= 0.5).long().numpy()
-    return float((predictions == labels).mean())
-
-
 def apgd_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> float | None:
     """Independent check with torchattacks (``pip install --no-deps torchattacks``); None if absent."""
     try:
@@ -182,7 +175,7 @@ def apgd_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     except ImportError:
         return None
     attack = torchattacks.APGD(model.eval(), norm="Linf", eps=eps, steps=20, loss="ce", seed=0)
-    return accuracy_on(model, attack(images, labels), labels.numpy())
+    return count_correct(model.eval(), attack(images, labels), labels) / len(labels)
 
 
 def summarise_run(results: dict) -> dict:
@@ -195,8 +188,8 @@ def summarise_run(results: dict) -> dict:
             "images_per_second": entry.get("images_per_second"),
             "wall_seconds": entry.get("wall_seconds"),
         }
-    return {"timings": results.get("timings", {}), "models": models, "ensemble_val": results.get("ensemble", {}).get("val"),
-            "config": results.get("config", {})}
+    return {"timings": results.get("timings", {}), "models": models,
+            "ensemble_val": results.get("ensemble", {}).get("val"), "config": results.get("config", {})}
 
 
 def write_results_markdown(folder: Path) -> None:
@@ -235,11 +228,13 @@ def markdown_section(report: dict) -> str:
             *[pct(s.get(c)) for c in CORRUPTIONS],
         ]) + " |")
     lines += ["", "### Pipeline (validation split inside the pipeline part)\n",
-              "| model | val acc base | val acc final | best epoch | train img/s base | img/s fine-tune | s base | s fine-tune |",
+              "| model | val acc base | val acc final | best epoch | train img/s base | img/s fine-tune | s base "
+              "| s fine-tune |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["run"]["models"].items():
         ips, wall = m.get("images_per_second") or {}, m.get("wall_seconds") or {}
-        lines.append(f"| {name} | {pct((m['val_base'] or {}).get('accuracy'))} | {pct((m['val_final'] or {}).get('accuracy'))} "
+        val_base, val_final = (m["val_base"] or {}).get("accuracy"), (m["val_final"] or {}).get("accuracy")
+        lines.append(f"| {name} | {pct(val_base)} | {pct(val_final)} "
                      f"| {m['best_epoch']} | {ips.get('base', 0):.0f} | {ips.get('finetune', 0):.0f} "
                      f"| {wall.get('base', 0):.0f} | {wall.get('finetune', 0):.0f} |")
     if report["run"].get("ensemble_val"):

@@ -7,7 +7,8 @@ Reads the train/validation split that ``benchmarks/benchmark.py --preset full`` 
 pipeline part (run it first), so a lever is chosen on the pipeline's validation images only, never
 on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config fields with Python
 literals. Prints one JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and
-PGD-10 accuracy at 2/255 and 8/255 before and after phase 2) and appends it to benchmarks/levers.jsonl.
+PGD-10 accuracy at 2/255 and 8/255 before and after phase 2; validation accuracy with flip
+test-time augmentation and under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl.
 
     python benchmarks/levers.py --table
 
@@ -31,10 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmark import CORRUPTIONS  # noqa: E402  (benchmarks/ is on the path as this script's folder)
 from deepfake.attacks import pgd  # noqa: E402
+from deepfake.corruptions import apply_corruption  # noqa: E402
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, make_config  # noqa: E402
 from deepfake.data import ImageSet, load_split  # noqa: E402
-from deepfake.inference import as_nchw_uint8, to_float  # noqa: E402
+from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
+from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import build_model  # noqa: E402
 from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
 from deepfake.samples import augmented_samples  # noqa: E402
@@ -45,6 +49,9 @@ RECORDS = REPO / "benchmarks" / "levers.jsonl"
 LEVERS_MD = REPO / "benchmarks" / "LEVERS.md"
 MARKERS = ("<!-- levers.jsonl table: start -->", "<!-- levers.jsonl table: end -->")
 ATTACK_EPSILONS = {"2/255": 2 / 255, "8/255": 8 / 255}
+TABLE_CELLS = [("attack_before", ("clean", *ATTACK_EPSILONS)), ("attack_after", ("clean", *ATTACK_EPSILONS)),
+               ("corrupted_before", CORRUPTIONS), ("corrupted_after", CORRUPTIONS)]  # record key, its columns
+LEVER_BUDGET = {"base_epochs": 8, "patience": 8}  # in every row's --set; the table shows them only where they differ
 
 
 def main() -> int:
@@ -76,17 +83,33 @@ def main() -> int:
         "best_epoch": base.best_epoch,
         "val_acc": [round(row["val_acc"], 3) for row in base.history],
         "val_auc": [round(row["val_auc"], 3) for row in base.history],
-        "kept_val_acc": round(base.val_metrics["accuracy"], 3), "images_per_second": round(base.images_per_second),
+        "kept_val_acc": round(base.val_metrics["accuracy"], 3), "kept_val_acc_tta": tta_accuracy(model, val, device),
+        "corrupted_before": corruption_accuracy(model, val, device), "images_per_second": round(base.images_per_second),
     }
     if args.finetune:
         record["attack_before"] = attack_accuracy(model, val, device)
         train_phase(model, pool, val, config, finetune_settings(config), device, label=args.model)
         record["attack_after"] = attack_accuracy(model, val, device)
+        record["final_val_acc_tta"] = tta_accuracy(model, val, device)
+        record["corrupted_after"] = corruption_accuracy(model, val, device)
     record["seconds"] = round(time.perf_counter() - started)
     print(json.dumps(record))
     with open(RECORDS, "a") as handle:
         handle.write(json.dumps(record) + "\n")
     return 0
+
+
+def tta_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) -> float:
+    """Validation accuracy with the prediction averaged over the image and its mirror (config tta_flip)."""
+    probs = predict_fake_proba(model, val.images, device=device, tta_flip=True)
+    return round(classification_metrics(val.labels, probs)["accuracy"], 3)
+
+
+def corruption_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) -> dict[str, float]:
+    """Validation accuracy under the benchmark's JPEG q40, noise 0.08 and blur 1.0."""
+    return {label: round(classification_metrics(val.labels, predict_fake_proba(
+        model, apply_corruption(val.images, name, value, seed=0), device=device))["accuracy"], 3)
+        for label, (name, value) in CORRUPTIONS.items()}
 
 
 def attack_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) -> dict[str, float]:
@@ -97,24 +120,28 @@ def attack_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device)
     for label, eps in {"clean": 0.0, **ATTACK_EPSILONS}.items():
         generator = torch.Generator().manual_seed(0)
         attacked = pgd(model, images, labels, eps, steps=10, generator=generator) if eps else images
-        with torch.no_grad():
-            scores[label] = round((model(attacked).argmax(1) == labels).float().mean().item(), 3)
+        scores[label] = round(count_correct(model, attacked, labels) / len(labels), 3)
     return scores
 
 
 def write_table() -> None:
-    """Every record as one row: overrides, validation accuracy kept, and attacks before/after phase 2."""
+    """One row per record: overrides, validation accuracy kept (also with flip TTA), attacks before/after phase 2."""
     pct = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
-    rows = ["| model | `--set` (besides the 8-epoch budget) | val acc kept (epoch) | best val AUC "
-            "| clean / PGD-10 2/255 / 8/255 before fine-tune | after fine-tune |", "|---|---|---:|---:|---|---|"]
+    rows = ["| model | `--set` (besides the 8-epoch budget) | val acc kept (epoch) | with flip TTA | best val AUC "
+            "| clean / PGD-10 2/255 / 8/255 before fine-tune | after fine-tune "
+            "| JPEG q40 / noise 0.08 / blur 1.0 before fine-tune | after fine-tune |",
+            "|---|---|---:|---:|---:|---|---|---|---|"]
+    latest = {}  # a rerun of the same lever (newer fields, same numbers) replaces its row in place
     for line in RECORDS.read_text().splitlines():
         record = json.loads(line)
-        overrides = {k: v for k, v in record["set"].items() if k not in ("base_epochs", "patience")}
+        latest[record["model"], json.dumps(record["set"], sort_keys=True)] = record
+    for record in latest.values():
+        overrides = {k: v for k, v in record["set"].items() if (k, v) not in LEVER_BUDGET.items()}
         setting = " ".join(f"{k}={v}" for k, v in overrides.items()) or "(`full` as is)"
-        attacks = [" / ".join(pct(record[key][k]) for k in ("clean", *ATTACK_EPSILONS)) if key in record else ""
-                   for key in ("attack_before", "attack_after")]
+        cells = [" / ".join(pct(record[key][k]) for k in keys) if key in record else "" for key, keys in TABLE_CELLS]
         rows.append(f"| {record['model']} | {setting} | {pct(record['kept_val_acc'])} ({record['best_epoch']}) "
-                    f"| {pct(max(record['val_auc']))} | {attacks[0]} | {attacks[1]} |")
+                    f"| {pct(record.get('kept_val_acc_tta'))} | {pct(max(record['val_auc']))} | " + " | ".join(cells)
+                    + " |")
     text = LEVERS_MD.read_text()
     start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
     LEVERS_MD.write_text(text[:start] + "\n" + "\n".join(rows) + "\n" + text[end:])

@@ -16,6 +16,7 @@ from .errors import ConfigError
 MODEL_NAMES = ("convnext_tiny", "efficientnet_b0", "resnet_se")
 AUGMENTATIONS = ("lossless", "seed")  # see data.train_transform and data.sample_transform
 SELECT_METRICS = ("accuracy", "auc")
+WEIGHT_SCHEMES = ("equal", "accuracy", "auc")  # how ensemble.py weighs each model (deepfake.ensemble)
 CHOICES = {"models": MODEL_NAMES, "spectrum_models": MODEL_NAMES, "augmentation": AUGMENTATIONS,
            "select_metric": SELECT_METRICS}
 
@@ -41,6 +42,7 @@ class Config:
     image_size: int = 32  # pixels; other sizes are resized on load
     val_fraction: float = 0.2
     augmentation: str = "seed"  # seed | lossless (data.train_transform, data.sample_transform)
+    corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
     # Phase 1: base training
     batch_size: int = 128
     lr: float = 5e-4  # AdamW, peak of the cosine schedule
@@ -59,6 +61,7 @@ class Config:
     adv_ratio: float = 0.3  # share of each fine-tune batch that is adversarial
     fgsm_epsilons: tuple[float, ...] = (0.02, 0.03, 0.05, 0.08)  # pixel units in [0, 1]
     fgsm_random_start: bool = False  # "Fast is better than free" style start
+    finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
     # Generated samples (from the training split only)
     augment_per_class: int = 250
     adversarial_count: int = 400
@@ -81,10 +84,11 @@ class Config:
 
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (
-    "seed", "pretrained", "spectrum_models", "image_size", "val_fraction", "augmentation", "batch_size",
+    "seed", "pretrained", "spectrum_models", "image_size", "val_fraction", "augmentation", "corruption_prob",
+    "batch_size",
     "lr", "model_lr", "weight_decay", "base_epochs", "patience", "select_metric", "warmup_epochs",
     "label_smoothing", "ema_decay", "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio",
-    "fgsm_epsilons", "fgsm_random_start", "augment_per_class", "adversarial_count",
+    "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps", "augment_per_class", "adversarial_count",
 )
 
 # What the small-data measurements kept (benchmarks/LEVERS.md): augmentation that never resamples pixels,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import WEIGHT_SCHEMES, Config
 from .data import CLASS_NAMES, ImageSet, file_number, load_split, load_test
 from .errors import DeepfakeError
 from .inference import predict_fake_proba
@@ -36,7 +36,6 @@ from .results import load_results, results_path, update_results
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SCHEMES = ("equal", "accuracy", "auc")
 THRESHOLD = 0.5  # fake probability at or above which an image is called fake
 TRAIN_FIRST = "run `python deepfake_detection.py` first"
 

@@ -25,7 +25,7 @@ from .config import Config
 from .corruptions import CORRUPTIONS, corrupt
 from .data import CLASS_NAMES, ImageSet, load_split, to_tensor
 from .explain import gradcam, target_layer_name
-from .inference import fake_proba, predict_fake_proba, to_float
+from .inference import count_correct, fake_proba, predict_fake_proba, to_float
 from .metrics import classification_metrics
 from .models import CheckpointError, load_checkpoint
 from .pipeline import SPLIT_NAME
@@ -160,7 +160,7 @@ def attack_sweep(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
             for x, y in batches:
                 x, y = to_float(x, device), y.to(device)
                 if eps == 0:
-                    hits = _correct(model, x, y)
+                    hits = count_correct(model, x, y)
                     correct["fgsm"][i] += hits
                     correct["pgd"][i] += hits
                 else:
@@ -168,7 +168,7 @@ def attack_sweep(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
                         started = time.perf_counter()
                         adversarial = (fgsm(model, x, y, eps) if attack == "fgsm" else
                                        pgd(model, x, y, eps, steps=pgd_steps, random_start=True, generator=generator))
-                        correct[attack][i] += _correct(model, adversarial, y)
+                        correct[attack][i] += count_correct(model, adversarial, y)
                         seconds[attack] += time.perf_counter() - started
                 progress.update()
     total = max(1, len(labels))
@@ -235,11 +235,6 @@ def showcase_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
-    return int(((fake_proba(model, images) >= 0.5).long() == labels).sum())
-
 
 @contextmanager
 def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:

@@ -161,8 +161,9 @@ class _ModelTrainer:
             with _timed(timings, f"{settings.name}:{name}"):
                 outcome = train_phase(model, pool, val, self.config, settings, self.device, label=name)
         except NonFiniteLossError as error:
-            log.error("%s", error)
-            update_results(self.results_file, lambda r: r["models"].setdefault(name, {}).update(error=str(error)))
+            message = str(error)
+            log.error("%s", message)
+            update_results(self.results_file, lambda r: r["models"].setdefault(name, {}).update(error=message))
             return False
         save_checkpoint(
             self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,

@@ -18,7 +18,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from .attacks import fgsm, sample_epsilons
+from .attacks import fgsm, pgd, sample_epsilons
 from .config import Config
 from .data import ImageSet, augment, to_tensor, train_transform
 from .inference import predict_fake_proba, to_float
@@ -82,7 +82,7 @@ def train_phase(
         warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
     )
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
-    transform = train_transform(config.augmentation, config.image_size)
+    transform = train_transform(config.augmentation, config.image_size, config.corruption_prob)
     images = to_tensor(train_set.images)
     labels = torch.from_numpy(train_set.labels)
 
@@ -181,12 +181,18 @@ def _training_batch(images, labels, idx, transform, seed, device):
 
 
 def _make_adversarial_share(model, x, y, adv_ratio, config, generator):
-    """Replace the first adv_ratio of the batch with FGSM images against the current weights."""
+    """Replace the first adv_ratio of the batch with FGSM (or PGD-k) images against the current weights."""
     n_adv = int(round(len(x) * adv_ratio))
     if n_adv == 0:
         return x
     eps = sample_epsilons(n_adv, config.fgsm_epsilons, generator).to(x.device)
-    adversarial = fgsm(model, x[:n_adv], y[:n_adv], eps, random_start=config.fgsm_random_start, generator=generator)
+    steps = config.finetune_attack_steps
+    if steps > 1:
+        adversarial = pgd(model, x[:n_adv], y[:n_adv], eps, steps=steps, step_size=2.5 * eps / steps,
+                          generator=generator)
+    else:
+        adversarial = fgsm(model, x[:n_adv], y[:n_adv], eps, random_start=config.fgsm_random_start,
+                           generator=generator)
     return torch.cat([adversarial, x[n_adv:]])
 
 

@@ -258,6 +258,18 @@ def test_lossless_augmentation_only_moves_pixels_and_the_seed_style_makes_new_co
         train_transform("heavy")
 
 
+def test_corruption_prob_corrupts_about_that_share_of_training_images():
+    images = np.stack([rgb(i) for i in range(200)])
+
+    def new_colours(output: np.ndarray, source: np.ndarray) -> bool:
+        return not set(map(tuple, output.reshape(-1, 3))) <= set(map(tuple, source.reshape(-1, 3)))
+
+    for prob, low, high in [(0.0, 0.0, 0.0), (0.3, 0.2, 0.4), (1.0, 1.0, 1.0)]:
+        outputs = augment(images, train_transform("lossless", 32, corruption_prob=prob), seed=3)
+        share = np.mean([new_colours(o, s) for o, s in zip(outputs, images)])
+        assert low <= share <= high, (prob, share)
+
+
 def test_challenge_data_loads_in_file_order(shared_data):
     data = load_labelled(shared_data)
     assert data.images.shape == (1400, 32, 32, 3) and np.bincount(data.labels).tolist() == [700, 700]

@@ -23,7 +23,7 @@ CELL_TIMEOUT = 120  # seconds
 
 @pytest.fixture(scope="module")
 def run_with_ensemble(tiny_run, tmp_path_factory) -> Path:
-    """A private copy of the tiny run's results and split with an ensemble added; its checkpoints are links, only read."""
+    """A private copy of the tiny run's results and split with an ensemble added (checkpoints linked, only read)."""
     source = Path(tiny_run.checkpoint_dir)
     root = tmp_path_factory.mktemp("notebook_run")
     checkpoint_dir = root / "checkpoints"

@@ -1,4 +1,6 @@
 """The training loop: adversarial fine-tuning must buy robustness; divergence must stop cleanly."""
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +10,7 @@ from deepfake.config import make_config
 from deepfake.data import load_labelled, split_indices
 from deepfake.demo_data import build_demo_dataset
 from deepfake.inference import as_nchw_uint8, to_float
-from deepfake.train import NonFiniteLossError, base_settings, finetune_settings, train_phase
+from deepfake.train import NonFiniteLossError, _make_adversarial_share, base_settings, finetune_settings, train_phase
 
 CPU = torch.device("cpu")
 
@@ -78,3 +80,31 @@ def test_model_lr_replaces_the_base_learning_rate_for_that_model_only():
     assert base_settings(config, "efficientnet_b0").lr == 2e-3
     assert base_settings(config, "resnet_se").lr == base_settings(config).lr == 5e-4
     assert finetune_settings(config).lr == config.finetune_lr
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_adversarial_share_replaces_only_its_share_within_the_budget(toy_split, steps):
+    train, _ = toy_split
+    config = make_config("tiny", fgsm_epsilons=(4 / 255,), fgsm_random_start=True, finetune_attack_steps=steps)
+    x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
+    mixed = _make_adversarial_share(toy_model(), x, y, 0.3, config, torch.Generator().manual_seed(0))
+    assert mixed.shape == x.shape and torch.equal(mixed[3:], x[3:])
+    change = (mixed[:3] - x[:3]).abs()
+    assert change.max() <= 4 / 255 + 1e-6 and change.mean() > 1 / 255
+    assert mixed.min() >= 0 and mixed.max() <= 1
+
+
+def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
+    train, val = toy_split
+    config = make_config("tiny", batch_size=32, base_epochs=10, patience=10, lr=3e-3, max_steps_per_epoch=0,
+                         fgsm_epsilons=(8 / 255,), fgsm_random_start=True)
+    model = toy_model()
+    train_phase(model, train, val, config, base_settings(config), CPU, "toy")
+    x, y = to_float(as_nchw_uint8(val.images), CPU), torch.from_numpy(val.labels)
+    losses = {}
+    for steps in (1, 5):
+        share = _make_adversarial_share(model, x, y, 1.0, replace(config, finetune_attack_steps=steps),
+                                        torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            losses[steps] = nn.functional.cross_entropy(model.eval()(share), y).item()
+    assert losses[5] > losses[1], losses
