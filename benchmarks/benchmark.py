@@ -148,11 +148,15 @@ def score_model(model: torch.nn.Module, unseen: ImageSet, tta: bool, attack: boo
         adversarial = pgd(model, images, targets, eps, steps=20, generator=generator)
         scores[f"pgd20_{label}"] = count_correct(model.eval(), adversarial, targets) / len(targets)
         scores[f"apgd_ce_{label}"] = apgd_accuracy(model, images, targets, eps)
-    for label, (name, value) in CORRUPTIONS.items():
-        scores[label] = classification_metrics(
-            labels, predict_fake_proba(model, apply_corruption(unseen.images, name, value, seed=0), tta_flip=tta)
-        )["accuracy"]
-    return scores
+    return {**scores, **corrupted_accuracy(model, unseen, tta)}
+
+
+def corrupted_accuracy(model: torch.nn.Module, images: ImageSet, tta: bool = False,
+                       device: torch.device | str = "cpu") -> dict[str, float]:
+    """Accuracy under each of the benchmark's corruptions (JPEG q40, noise 0.08, blur 1.0)."""
+    return {label: classification_metrics(images.labels, predict_fake_proba(
+        model, apply_corruption(images.images, name, value, seed=0), tta_flip=tta, device=device))["accuracy"]
+        for label, (name, value) in CORRUPTIONS.items()}
 
 
 def score_ensemble(models: dict, weights: dict, unseen: ImageSet, tta: bool) -> dict:

@@ -32,9 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmark import CORRUPTIONS  # noqa: E402  (benchmarks/ is on the path as this script's folder)
+from benchmark import CORRUPTIONS, corrupted_accuracy  # noqa: E402  (benchmarks/ is this script's folder)
 from deepfake.attacks import pgd  # noqa: E402
-from deepfake.corruptions import apply_corruption  # noqa: E402
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config  # noqa: E402
 from deepfake.data import ImageSet, load_split  # noqa: E402
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
@@ -107,9 +106,7 @@ def tta_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) ->
 
 def corruption_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) -> dict[str, float]:
     """Validation accuracy under the benchmark's JPEG q40, noise 0.08 and blur 1.0."""
-    return {label: round(classification_metrics(val.labels, predict_fake_proba(
-        model, apply_corruption(val.images, name, value, seed=0), device=device))["accuracy"], 3)
-        for label, (name, value) in CORRUPTIONS.items()}
+    return {label: round(accuracy, 3) for label, accuracy in corrupted_accuracy(model, val, device=device).items()}
 
 
 def attack_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) -> dict[str, float]:

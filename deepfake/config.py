@@ -85,8 +85,7 @@ class Config:
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (
     "seed", "pretrained", "spectrum_models", "image_size", "val_fraction", "augmentation", "corruption_prob",
-    "batch_size",
-    "lr", "model_lr", "weight_decay", "base_epochs", "patience", "select_metric", "warmup_epochs",
+    "batch_size", "lr", "model_lr", "weight_decay", "base_epochs", "patience", "select_metric", "warmup_epochs",
     "label_smoothing", "ema_decay", "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio",
     "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps", "augment_per_class", "adversarial_count",
 )
