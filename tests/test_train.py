@@ -9,7 +9,7 @@ from deepfake.attacks import fgsm
 from deepfake.config import make_config
 from deepfake.data import load_labelled, split_indices
 from deepfake.demo_data import build_demo_dataset
-from deepfake.inference import as_nchw_uint8, to_float
+from deepfake.inference import as_nchw_uint8, count_correct, to_float
 from deepfake.train import NonFiniteLossError, _make_adversarial_share, base_settings, finetune_settings, train_phase
 
 CPU = torch.device("cpu")
@@ -33,10 +33,7 @@ def toy_split(tmp_path_factory):
 
 def fgsm_accuracy(model: nn.Module, images, labels, eps: float) -> float:
     x, y = to_float(as_nchw_uint8(images), CPU), torch.from_numpy(labels)
-    adversarial = fgsm(model, x, y, eps)
-    model.eval()
-    with torch.no_grad():
-        return (model(adversarial).argmax(1) == y).float().mean().item()
+    return count_correct(model.eval(), fgsm(model, x, y, eps), y) / len(y)
 
 
 def test_adversarial_finetune_raises_accuracy_under_fgsm(toy_split):
