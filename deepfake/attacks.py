@@ -2,7 +2,8 @@
 
 Epsilons are in pixel units of [0, 1] images (8/255 = eight grey levels); a float or one per
 image. Adversarial images stay in [0, 1] and within eps of their source. Crafting touches
-neither the model's training mode nor its parameters' gradients.
+neither the model's training mode nor its parameters' gradients. Labels are class indices, or
+(N, classes) probabilities to move the prediction away from (TRADES-style fine-tuning).
 """
 from __future__ import annotations
 

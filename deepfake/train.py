@@ -1,4 +1,4 @@
-"""The training loop behind both phases: base training, then 70/30 clean/FGSM fine-tuning.
+"""The training loop behind both phases: base training, then 70/30 clean/adversarial fine-tuning.
 
 One loop serves both phases; they differ only in learning rate, epochs, early stopping and the
 share of each batch that is crafted adversarially against the current weights.
@@ -18,7 +18,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from .attacks import fgsm, pgd, sample_epsilons
+from .attacks import eval_mode, fgsm, pgd, sample_epsilons
 from .config import Config
 from .data import ImageSet, augment, to_tensor, train_transform
 from .inference import predict_fake_proba, to_float
@@ -98,10 +98,7 @@ def train_phase(
         for batch_index in range(steps_per_epoch):
             idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
-            if settings.adv_ratio > 0:
-                x = _make_adversarial_share(model, x, y, settings.adv_ratio, config, generator)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
@@ -180,20 +177,40 @@ def _training_batch(images, labels, idx, transform, seed, device):
     return to_float(to_tensor(augmented), device), labels[idx].to(device)
 
 
-def _make_adversarial_share(model, x, y, adv_ratio, config, generator):
-    """Replace the first adv_ratio of the batch with FGSM (or PGD-k) images against the current weights."""
+def _batch_loss(model, x, y, adv_ratio, config, generator):
+    """(loss, logits of the clean or mixed batch) with the first adv_ratio of the batch crafted against the
+    current weights.
+
+    Plain: those images are replaced by FGSM (or PGD-k) images and the whole batch gets cross-entropy.
+    TRADES-style (``config.trades_beta`` > 0, Zhang et al. 2019): those images are crafted to move the model's
+    prediction away from its clean one (the soft clean prediction is the attack's target), and the loss is
+    cross-entropy on the clean batch plus beta times the KL divergence from clean to adversarial predictions,
+    which trades less clean accuracy for the same robustness than fitting labels on adversarial images.
+    """
     n_adv = int(round(len(x) * adv_ratio))
+    smoothing = config.label_smoothing
     if n_adv == 0:
-        return x
-    eps = sample_epsilons(n_adv, config.fgsm_epsilons, generator).to(x.device)
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=smoothing), logits
+    if config.trades_beta <= 0:
+        mixed = torch.cat([_adversarial(model, x[:n_adv], y[:n_adv], config, generator), x[n_adv:]])
+        logits = model(mixed)
+        return F.cross_entropy(logits, y, label_smoothing=smoothing), logits
+    with torch.no_grad(), eval_mode(model):
+        clean_prediction = model(x[:n_adv]).softmax(1)
+    adversarial = _adversarial(model, x[:n_adv], clean_prediction, config, generator)
+    logits, adversarial_logits = model(torch.cat([x, adversarial])).split([len(x), n_adv])
+    divergence = F.kl_div(adversarial_logits.log_softmax(1), logits[:n_adv].softmax(1), reduction="sum") / len(x)
+    return F.cross_entropy(logits, y, label_smoothing=smoothing) + config.trades_beta * divergence, logits
+
+
+def _adversarial(model, images, targets, config, generator):
+    """FGSM (or PGD-k) images for class or soft-probability targets, eps drawn per image from fgsm_epsilons."""
+    eps = sample_epsilons(len(images), config.fgsm_epsilons, generator).to(images.device)
     steps = config.finetune_attack_steps
     if steps > 1:
-        adversarial = pgd(model, x[:n_adv], y[:n_adv], eps, steps=steps, step_size=2.5 * eps / steps,
-                          generator=generator)
-    else:
-        adversarial = fgsm(model, x[:n_adv], y[:n_adv], eps, random_start=config.fgsm_random_start,
-                           generator=generator)
-    return torch.cat([adversarial, x[n_adv:]])
+        return pgd(model, images, targets, eps, steps=steps, step_size=2.5 * eps / steps, generator=generator)
+    return fgsm(model, images, targets, eps, random_start=config.fgsm_random_start, generator=generator)
 
 
 def seed_everything(seed: int) -> None:

@@ -10,7 +10,7 @@ from deepfake.config import make_config
 from deepfake.data import load_labelled, split_indices
 from deepfake.demo_data import build_demo_dataset
 from deepfake.inference import as_nchw_uint8, count_correct, to_float
-from deepfake.train import NonFiniteLossError, _make_adversarial_share, base_settings, finetune_settings, train_phase
+from deepfake.train import NonFiniteLossError, _adversarial, _batch_loss, base_settings, finetune_settings, train_phase
 
 CPU = torch.device("cpu")
 
@@ -36,10 +36,11 @@ def fgsm_accuracy(model: nn.Module, images, labels, eps: float) -> float:
     return count_correct(model.eval(), fgsm(model, x, y, eps), y) / len(y)
 
 
-def test_adversarial_finetune_raises_accuracy_under_fgsm(toy_split):
+@pytest.mark.parametrize("trades_beta", [0.0, 6.0])
+def test_adversarial_finetune_raises_accuracy_under_fgsm(toy_split, trades_beta):
     train, val = toy_split
     config = make_config("tiny", batch_size=32, base_epochs=15, patience=15, finetune_epochs=8, lr=3e-3,
-                         finetune_lr=1e-3, max_steps_per_epoch=0, fgsm_epsilons=(0.03,))
+                         finetune_lr=1e-3, max_steps_per_epoch=0, fgsm_epsilons=(0.03,), trades_beta=trades_beta)
     model = toy_model()
     base = train_phase(model, train, val, config, base_settings(config), CPU, "toy")
     before = fgsm_accuracy(model, val.images, val.labels, 0.03)
@@ -80,15 +81,34 @@ def test_model_lr_replaces_the_base_learning_rate_for_that_model_only():
 
 
 @pytest.mark.parametrize("steps", [1, 3])
-def test_adversarial_share_replaces_only_its_share_within_the_budget(toy_split, steps):
+@pytest.mark.parametrize("soft", [False, True])
+def test_adversarial_images_stay_within_the_budget(toy_split, steps, soft):
     train, _ = toy_split
     config = make_config("tiny", fgsm_epsilons=(4 / 255,), fgsm_random_start=True, finetune_attack_steps=steps)
     x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
-    mixed = _make_adversarial_share(toy_model(), x, y, 0.3, config, torch.Generator().manual_seed(0))
-    assert mixed.shape == x.shape and torch.equal(mixed[3:], x[3:])
-    change = (mixed[:3] - x[:3]).abs()
-    assert change.max() <= 4 / 255 + 1e-6 and change.mean() > 1 / 255
-    assert mixed.min() >= 0 and mixed.max() <= 1
+    targets = nn.functional.one_hot(y, 2).float() * 0.8 + 0.1 if soft else y  # TRADES attacks soft predictions
+    adversarial = _adversarial(toy_model(), x, targets, config, torch.Generator().manual_seed(0))
+    change = (adversarial - x).abs()
+    assert adversarial.shape == x.shape and change.max() <= 4 / 255 + 1e-6 and change.mean() > 1 / 255
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+@pytest.mark.parametrize("trades_beta", [0.0, 6.0])
+def test_batch_loss_crafts_only_its_share(toy_split, trades_beta):
+    train, _ = toy_split
+    x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
+    model = toy_model().eval()  # BatchNorm on running stats: a longer TRADES batch normalises the same
+    losses = {}
+    for eps in (0.0, 8 / 255):
+        config = make_config("tiny", fgsm_epsilons=(eps,), finetune_attack_steps=3, trades_beta=trades_beta,
+                             label_smoothing=0.0)
+        loss, logits = _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0))
+        assert logits.shape == (10, 2)
+        losses[eps] = loss.item()
+    with torch.no_grad():
+        clean = nn.functional.cross_entropy(model(x), y).item()
+    assert losses[0.0] == pytest.approx(clean, abs=1e-5), "a zero budget leaves the clean loss"
+    assert losses[8 / 255] > losses[0.0], "the adversarial share must cost loss"
 
 
 def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
@@ -100,8 +120,7 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
     x, y = to_float(as_nchw_uint8(val.images), CPU), torch.from_numpy(val.labels)
     losses = {}
     for steps in (1, 5):
-        share = _make_adversarial_share(model, x, y, 1.0, replace(config, finetune_attack_steps=steps),
-                                        torch.Generator().manual_seed(0))
+        share = _adversarial(model, x, y, replace(config, finetune_attack_steps=steps), torch.Generator().manual_seed(0))
         with torch.no_grad():
             losses[steps] = nn.functional.cross_entropy(model.eval()(share), y).item()
     assert losses[5] > losses[1], losses
