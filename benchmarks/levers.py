@@ -1,24 +1,24 @@
 """Measure one training lever: phase 1 (and optionally phase 2) of one model on the benchmark's pipeline split.
 
-    python benchmarks/levers.py --model resnet_se --set augmentation='"seed"' spectrum_models='("resnet_se",)'
+    python benchmarks/levers.py --model resnet_se --set augmentation=seed spectrum_models='("resnet_se",)'
     python benchmarks/levers.py --model resnet_se --finetune --set fgsm_epsilons="(0.02,0.03,0.05,0.08)"
 
 Reads the train/validation split that ``benchmarks/benchmark.py --preset full`` made inside its
 pipeline part (run it first), so a lever is chosen on the pipeline's validation images only, never
-on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config fields with Python
-literals. Prints one JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and
-PGD-10 accuracy at 2/255 and 8/255 before and after phase 2; validation accuracy with flip
-test-time augmentation and under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl.
+on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config fields as
+``deepfake_detection.py --set`` does. Prints one JSON line (validation accuracy/AUC per epoch; with
+``--finetune``, clean and PGD-10 accuracy at 2/255 and 8/255 before and after phase 2; validation
+accuracy with flip test-time augmentation and under the benchmark's three corruptions) and appends
+it to benchmarks/levers.jsonl.
 
     python benchmarks/levers.py --table
 
 rewrites the table between the markers in benchmarks/LEVERS.md from levers.jsonl, so no number
-there is typed by hand.
+there is typed by hand, and rebuilds benchmarks/RESULTS.md, which carries LEVERS.md.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import os
@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmark import CORRUPTIONS, corrupted_accuracy  # noqa: E402  (benchmarks/ is this script's folder)
+from benchmark import CORRUPTIONS, corrupted_accuracy, write_results_markdown  # noqa: E402  (benchmarks/ is this script's folder)
 from deepfake.attacks import pgd  # noqa: E402
-from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config  # noqa: E402
+from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides  # noqa: E402
 from deepfake.data import ImageSet, load_split  # noqa: E402
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
@@ -63,9 +63,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.table:
         write_table()
+        write_results_markdown(LEVERS_MD.parent)  # RESULTS.md carries LEVERS.md below the benchmark numbers
         return 0
 
-    overrides = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = parse_overrides(args.set)
     config = make_config("full", **overrides)
     samples = f"{config.augmentation}-{config.augment_per_class}"
     config.generated_dir = str(REPO / "benchmarks" / "runs" / "levers" / samples)

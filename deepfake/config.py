@@ -6,6 +6,7 @@ config next to its outputs, so any result can be reproduced from its results fil
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import hashlib
 import json
@@ -104,6 +105,8 @@ _MEASURED = dict(
     finetune_attack_steps=3,  # PGD-3, not FGSM: +6 points under PGD at 8/255 in 8-epoch runs, no clean cost
 )
 
+_DEFAULTS = Config()
+
 PRESETS: dict[str, dict] = {
     # The reference recipe, cut towards 20 CPU minutes for all three models: the seed's 50 + 15 epochs
     # took about 25 minutes for ResNet-SE alone here. ResNet-SE's validation accuracy kept rising to
@@ -137,7 +140,7 @@ def make_config(preset: str = "full", **overrides) -> Config:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
-    config = Config(preset=preset, **values)
+    config = Config(preset=preset, **{name: _typed(name, value) for name, value in values.items()})
     for name, allowed in CHOICES.items():
         value = getattr(config, name)
         bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in allowed]
@@ -146,6 +149,35 @@ def make_config(preset: str = "full", **overrides) -> Config:
         if bad:
             raise ConfigError(f"unknown {name} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
     return config
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string", tuple: "a tuple like (1, 2)"}
+
+
+def _typed(name: str, value):
+    """The value as its field's type (lists become tuples, ints floats); ConfigError when it cannot be."""
+    expected = type(getattr(_DEFAULTS, name))
+    value = _tuples(value)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"config field {name} takes {_KINDS[expected]}, got {value!r}")
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``FIELD=VALUE`` strings as a dict: VALUE is a Python literal (``8``, ``1e-3``, ``"(0.01, 0.03)"``),
+    anything else a plain string (``augmentation=seed``)."""
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}; e.g. --set trades_beta=6.0")
+        try:
+            overrides[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[name] = text
+    return overrides
 
 
 def config_from_dict(values: dict) -> Config:
@@ -171,16 +203,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="base-training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
+                        help="any other config field (deepfake/config.py), e.g. --set trades_beta=6.0 lr=1e-3")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
-    data_dir = args.data_dir
-    generated_dir = args.generated_dir
-    return make_config(
-        args.preset,
-        data_dir=data_dir,
-        generated_dir=generated_dir,
+    flags = dict(
+        data_dir=args.data_dir,
+        generated_dir=args.generated_dir,
         checkpoint_dir=args.checkpoint_dir,
         viz_dir=args.viz_dir,
         models=models,
@@ -191,3 +222,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         finetune_epochs=args.finetune_epochs,
         batch_size=args.batch_size,
     )
+    flags = {name: value for name, value in flags.items() if value is not None}
+    overrides = parse_overrides(args.overrides)
+    twice = sorted(set(flags) & set(overrides))
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} set both by a flag and by --set; give each once")
+    return make_config(args.preset, **overrides, **flags)

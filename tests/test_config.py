@@ -59,3 +59,23 @@ def test_dict_round_trip_and_fingerprint():
     assert again == config
     assert again.fingerprint(("seed", "lr")) == config.fingerprint(("seed", "lr"))
     assert make_config("quick", seed=4).fingerprint(("seed",)) != config.fingerprint(("seed",))
+
+
+def test_set_overrides_any_field_with_its_type():
+    config = parse("--preset", "quick", "--set", "trades_beta=6", "fgsm_epsilons=(0.01, 0.03)", "augmentation=seed",
+                   "model_lr=[['resnet_se', 1e-3]]")
+    assert config.trades_beta == 6.0 and isinstance(config.trades_beta, float)
+    assert config.fgsm_epsilons == (0.01, 0.03) and config.augmentation == "seed"
+    assert config.model_lr == (("resnet_se", 1e-3),)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "base_epochs=2.5"], "base_epochs takes an integer, got 2.5"),
+    (["--set", "fgsm_epsilons=(2/255,)"], "fgsm_epsilons takes a tuple"),
+    (["--set", "trades_beta"], "--set expects FIELD=VALUE"),
+    (["--set", "epochz=3"], "unknown config field"),
+    (["--epochs", "3", "--set", "base_epochs=4"], "base_epochs set both by a flag and by --set"),
+])
+def test_bad_set_fails_with_one_clear_line(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        parse(*argv)
