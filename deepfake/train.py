@@ -184,8 +184,8 @@ def _batch_loss(model, x, y, adv_ratio, config, generator):
     Plain: those images are replaced by FGSM (or PGD-k) images and the whole batch gets cross-entropy.
     TRADES-style (``config.trades_beta`` > 0, Zhang et al. 2019): those images are crafted to move the model's
     prediction away from its clean one (the soft clean prediction is the attack's target), and the loss is
-    cross-entropy on the clean batch plus beta times the KL divergence from clean to adversarial predictions,
-    which trades less clean accuracy for the same robustness than fitting labels on adversarial images.
+    cross-entropy on the clean batch plus beta times the KL divergence from clean to adversarial predictions:
+    the paper's way to give up less clean accuracy for robustness (here it measured no better: LEVERS.md).
     """
     n_adv = int(round(len(x) * adv_ratio))
     smoothing = config.label_smoothing

@@ -98,16 +98,20 @@ def test_batch_loss_crafts_only_its_share(toy_split, trades_beta):
     train, _ = toy_split
     x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
     model = toy_model().eval()  # BatchNorm on running stats: a longer TRADES batch normalises the same
+    with torch.no_grad():
+        clean_logits = model(x)
     losses = {}
     for eps in (0.0, 8 / 255):
         config = make_config("tiny", fgsm_epsilons=(eps,), finetune_attack_steps=3, trades_beta=trades_beta,
                              label_smoothing=0.0)
         loss, logits = _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0))
-        assert logits.shape == (10, 2)
         losses[eps] = loss.item()
-    with torch.no_grad():
-        clean = nn.functional.cross_entropy(model(x), y).item()
-    assert losses[0.0] == pytest.approx(clean, abs=1e-5), "a zero budget leaves the clean loss"
+        unchanged = 10 if trades_beta else 7  # TRADES returns the clean batch's logits; plain, the mixed batch's
+        assert logits.shape == (10, 2) and torch.allclose(logits[-unchanged:], clean_logits[-unchanged:], atol=1e-6)
+    if not trades_beta:
+        assert not torch.allclose(logits[:3], clean_logits[:3]), "the first 30% of the batch must be attacked"
+    assert losses[0.0] == pytest.approx(nn.functional.cross_entropy(clean_logits, y).item(), abs=1e-5), \
+        "a zero budget leaves the clean loss"
     assert losses[8 / 255] > losses[0.0], "the adversarial share must cost loss"
 
 
