@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmark import CORRUPTIONS, corrupted_accuracy, write_results_markdown  # noqa: E402  (benchmarks/ is this script's folder)
+from benchmark import CORRUPTIONS, corrupted_accuracy, write_results_markdown  # noqa: E402  (this folder)
 from deepfake.attacks import pgd  # noqa: E402
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides  # noqa: E402
 from deepfake.data import ImageSet, load_split  # noqa: E402

@@ -124,7 +124,8 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
     x, y = to_float(as_nchw_uint8(val.images), CPU), torch.from_numpy(val.labels)
     losses = {}
     for steps in (1, 5):
-        share = _adversarial(model, x, y, replace(config, finetune_attack_steps=steps), torch.Generator().manual_seed(0))
+        share = _adversarial(model, x, y, replace(config, finetune_attack_steps=steps),
+                             torch.Generator().manual_seed(0))
         with torch.no_grad():
             losses[steps] = nn.functional.cross_entropy(model.eval()(share), y).item()
     assert losses[5] > losses[1], losses
