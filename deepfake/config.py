@@ -63,6 +63,7 @@ class Config:
     fgsm_epsilons: tuple[float, ...] = (0.02, 0.03, 0.05, 0.08)  # pixel units in [0, 1]
     fgsm_random_start: bool = False  # "Fast is better than free" style start
     finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
+    finetune_corruption_prob: float = 0.0  # phase 2's corruption share where above corruption_prob (train.finetune_settings)
     trades_beta: float = 0.0  # > 0: TRADES-style loss on the adversarial share (train._batch_loss)
     # Generated samples (from the training split only)
     augment_per_class: int = 250
@@ -89,8 +90,8 @@ TRAINING_KEYS = (
     "seed", "pretrained", "spectrum_models", "image_size", "val_fraction", "augmentation", "corruption_prob",
     "batch_size", "lr", "model_lr", "weight_decay", "base_epochs", "patience", "select_metric", "warmup_epochs",
     "label_smoothing", "ema_decay", "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio",
-    "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps", "trades_beta", "augment_per_class",
-    "adversarial_count",
+    "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps", "finetune_corruption_prob", "trades_beta",
+    "augment_per_class", "adversarial_count",
 )
 
 # What the small-data measurements kept (benchmarks/LEVERS.md): augmentation that never resamples pixels,

@@ -38,6 +38,7 @@ class PhaseSettings:
     lr: float
     adv_ratio: float
     patience: int | None  # None: keep the last epoch (no early stopping)
+    corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
 
 
 @dataclass
@@ -52,11 +53,14 @@ class PhaseResult:
 def base_settings(config: Config, model: str | None = None) -> PhaseSettings:
     """Phase 1 for ``model``: its own learning rate if ``config.model_lr`` names one."""
     lr = dict(config.model_lr).get(model, config.lr)
-    return PhaseSettings("base", config.base_epochs, lr, 0.0, config.patience)
+    return PhaseSettings("base", config.base_epochs, lr, 0.0, config.patience, config.corruption_prob)
 
 
 def finetune_settings(config: Config) -> PhaseSettings:
-    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None)
+    """Phase 2; corrupted copies only here (``finetune_corruption_prob``) teach the corruptions without the
+    clean cost they had in phase 1, where the model first learns the generator's traces."""
+    corruption = max(config.corruption_prob, config.finetune_corruption_prob)
+    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None, corruption)
 
 
 def train_phase(
@@ -82,7 +86,7 @@ def train_phase(
         warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
     )
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
-    transform = train_transform(config.augmentation, config.image_size, config.corruption_prob)
+    transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
     images = to_tensor(train_set.images)
     labels = torch.from_numpy(train_set.labels)
 

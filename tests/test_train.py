@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from deepfake import train as train_module
 from deepfake.attacks import fgsm
 from deepfake.config import make_config
-from deepfake.data import load_labelled, split_indices
+from deepfake.data import load_labelled, split_indices, train_transform
 from deepfake.demo_data import build_demo_dataset
 from deepfake.inference import as_nchw_uint8, count_correct, to_float
 from deepfake.train import NonFiniteLossError, _adversarial, _batch_loss, base_settings, finetune_settings, train_phase
@@ -78,6 +79,24 @@ def test_model_lr_replaces_the_base_learning_rate_for_that_model_only():
     assert base_settings(config, "efficientnet_b0").lr == 2e-3
     assert base_settings(config, "resnet_se").lr == base_settings(config).lr == 5e-4
     assert finetune_settings(config).lr == config.finetune_lr
+
+
+def test_finetune_corruption_prob_corrupts_phase_2_only(toy_split, monkeypatch):
+    config = make_config("tiny", corruption_prob=0.1, finetune_corruption_prob=0.5)
+    assert base_settings(config).corruption_prob == 0.1
+    assert finetune_settings(config).corruption_prob == 0.5
+    assert finetune_settings(make_config("tiny", corruption_prob=0.3)).corruption_prob == 0.3  # never below phase 1
+    shares = []
+
+    def recording_transform(style, size, prob):
+        shares.append(prob)
+        return train_transform(style, size, prob)
+
+    monkeypatch.setattr(train_module, "train_transform", recording_transform)
+    train, val = toy_split
+    for settings in (base_settings(config), finetune_settings(config)):
+        train_phase(toy_model(), train, val, replace(config, max_steps_per_epoch=1), replace(settings, epochs=1), CPU)
+    assert shares == [0.1, 0.5]
 
 
 @pytest.mark.parametrize("steps", [1, 3])
