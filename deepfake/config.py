@@ -63,7 +63,7 @@ class Config:
     fgsm_epsilons: tuple[float, ...] = (0.02, 0.03, 0.05, 0.08)  # pixel units in [0, 1]
     fgsm_random_start: bool = False  # "Fast is better than free" style start
     finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
-    finetune_corruption_prob: float = 0.0  # phase 2's corruption share where above corruption_prob (train.finetune_settings)
+    finetune_corruption_prob: float = 0.0  # phase 2's corruption share, if above corruption_prob (train.py)
     trades_beta: float = 0.0  # > 0: TRADES-style loss on the adversarial share (train._batch_loss)
     # Generated samples (from the training split only)
     augment_per_class: int = 250

@@ -57,8 +57,8 @@ def base_settings(config: Config, model: str | None = None) -> PhaseSettings:
 
 
 def finetune_settings(config: Config) -> PhaseSettings:
-    """Phase 2; corrupted copies only here (``finetune_corruption_prob``) teach the corruptions without the
-    clean cost they had in phase 1, where the model first learns the generator's traces."""
+    """Phase 2; ``finetune_corruption_prob`` corrupts more of its images than phase 1's share (off in every
+    preset: it helped ResNet-SE under blur but cost the timm models clean accuracy, benchmarks/LEVERS.md)."""
     corruption = max(config.corruption_prob, config.finetune_corruption_prob)
     return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None, corruption)
 

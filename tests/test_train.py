@@ -81,7 +81,7 @@ def test_model_lr_replaces_the_base_learning_rate_for_that_model_only():
     assert finetune_settings(config).lr == config.finetune_lr
 
 
-def test_finetune_corruption_prob_corrupts_phase_2_only(toy_split, monkeypatch):
+def test_finetune_corruption_prob_raises_the_corrupted_share_of_phase_2_only(toy_split, monkeypatch):
     config = make_config("tiny", corruption_prob=0.1, finetune_corruption_prob=0.5)
     assert base_settings(config).corruption_prob == 0.1
     assert finetune_settings(config).corruption_prob == 0.5
