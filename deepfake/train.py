@@ -38,7 +38,7 @@ class PhaseSettings:
     lr: float
     adv_ratio: float
     patience: int | None  # None: keep the last epoch (no early stopping)
-    corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
+    corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
 
 
 @dataclass
