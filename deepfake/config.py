@@ -114,9 +114,9 @@ PRESETS: dict[str, dict] = {
     # epoch 29 of a 30-epoch schedule, with flat stretches of 7 epochs on the way (benchmarks/LEVERS.md).
     "full": dict(
         _MEASURED, base_epochs=30, patience=10, warmup_epochs=1, label_smoothing=0.1, fgsm_random_start=True,
-        # Phase 2 (benchmarks/LEVERS.md): lr 3e-4, not 1e-4 (round 5: +5 to +13 points under PGD at 8/255),
-        # then 12 epochs at {4, 6, 8, 10}/255, not 6 at {2, 4, 6, 8}/255 (round 6: +5 to +8 more, clean
-        # accuracy -0.5 to +1.5; three comparisons each).
+        # Phase 2 (benchmarks/LEVERS.md): round 5 went from 3 epochs at lr 1e-4 to 6 at 3e-4 (+5 to +13 points
+        # under PGD at 8/255), round 6 to 12 epochs at {4, 6, 8, 10}/255 from {2, 4, 6, 8}/255 (+5 to +8 more,
+        # clean accuracy -0.5 to +1.5); three comparisons each.
         finetune_epochs=12, finetune_lr=3e-4, fgsm_epsilons=(4 / 255, 6 / 255, 8 / 255, 10 / 255),
         eval_epsilons=(0.0, 2 / 255, 4 / 255, 8 / 255),
     ),
