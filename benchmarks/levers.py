@@ -88,7 +88,7 @@ def main() -> int:
     }
     if args.finetune:
         record["attack_before"] = attack_accuracy(model, val, device)
-        train_phase(model, pool, val, config, finetune_settings(config), device, label=args.model)
+        train_phase(model, pool, val, config, finetune_settings(config, args.model), device, label=args.model)
         record["attack_after"] = attack_accuracy(model, val, device)
         record["final_val_acc_tta"] = tta_accuracy(model, val, device)
         record["corrupted_after"] = corruption_accuracy(model, val, device)

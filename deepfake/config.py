@@ -18,8 +18,8 @@ MODEL_NAMES = ("convnext_tiny", "efficientnet_b0", "resnet_se")
 AUGMENTATIONS = ("lossless", "seed")  # see data.train_transform and data.sample_transform
 SELECT_METRICS = ("accuracy", "auc")
 WEIGHT_SCHEMES = ("equal", "accuracy", "auc")  # how ensemble.py weighs each model (deepfake.ensemble)
-CHOICES = {"models": MODEL_NAMES, "spectrum_models": MODEL_NAMES, "augmentation": AUGMENTATIONS,
-           "select_metric": SELECT_METRICS}
+CHOICES = {"models": MODEL_NAMES, "spectrum_models": MODEL_NAMES, "bf16_models": MODEL_NAMES,
+           "augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS}
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Config:
     pretrained: bool = False
     spectrum_models: tuple[str, ...] = ()  # models that get a Fourier-spectrum head (models.SpectrumHead)
     threads: int = 0  # torch CPU threads; 0 = all cores
+    bf16_models: tuple[str, ...] = ()  # models trained under bfloat16 autocast where the hardware has it (train.py)
     # Data
     image_size: int = 32  # pixels; other sizes are resized on load
     val_fraction: float = 0.2
@@ -87,11 +88,11 @@ class Config:
 
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (
-    "seed", "pretrained", "spectrum_models", "image_size", "val_fraction", "augmentation", "corruption_prob",
-    "batch_size", "lr", "model_lr", "weight_decay", "base_epochs", "patience", "select_metric", "warmup_epochs",
-    "label_smoothing", "ema_decay", "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio",
-    "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps", "finetune_corruption_prob", "trades_beta",
-    "augment_per_class", "adversarial_count",
+    "seed", "pretrained", "spectrum_models", "bf16_models", "image_size", "val_fraction", "augmentation",
+    "corruption_prob", "batch_size", "lr", "model_lr", "weight_decay", "base_epochs", "patience", "select_metric",
+    "warmup_epochs", "label_smoothing", "ema_decay", "max_steps_per_epoch", "finetune_epochs", "finetune_lr",
+    "adv_ratio", "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps", "finetune_corruption_prob",
+    "trades_beta", "augment_per_class", "adversarial_count",
 )
 
 # What the small-data measurements kept (benchmarks/LEVERS.md): augmentation that never resamples pixels,

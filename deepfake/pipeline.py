@@ -148,7 +148,7 @@ class _ModelTrainer:
             log.info("%s: final checkpoint matches the config, skipping phase 2 (--force retrains)", name)
             return True
         model = load_checkpoint(self.checkpoint(name, "base"), self.device)
-        return self._train(name, model, finetune_settings(self.config), pool, val, timings)
+        return self._train(name, model, finetune_settings(self.config, name), pool, val, timings)
 
     def best_base(self, names: list[str]) -> str:
         accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}

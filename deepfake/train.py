@@ -6,6 +6,7 @@ share of each batch that is crafted adversarially against the current weights.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -39,6 +40,7 @@ class PhaseSettings:
     adv_ratio: float
     patience: int | None  # None: keep the last epoch (no early stopping)
     corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
+    bf16: bool = False  # bfloat16 autocast for the training steps (attack crafting included), not for validation
 
 
 @dataclass
@@ -53,14 +55,16 @@ class PhaseResult:
 def base_settings(config: Config, model: str | None = None) -> PhaseSettings:
     """Phase 1 for ``model``: its own learning rate if ``config.model_lr`` names one."""
     lr = dict(config.model_lr).get(model, config.lr)
-    return PhaseSettings("base", config.base_epochs, lr, 0.0, config.patience, config.corruption_prob)
+    return PhaseSettings("base", config.base_epochs, lr, 0.0, config.patience, config.corruption_prob,
+                         model in config.bf16_models)
 
 
-def finetune_settings(config: Config) -> PhaseSettings:
+def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings:
     """Phase 2; ``finetune_corruption_prob`` corrupts more of its images than phase 1's share (off in every
     preset: it helped ResNet-SE under blur but cost the timm models clean accuracy, benchmarks/LEVERS.md)."""
     corruption = max(config.corruption_prob, config.finetune_corruption_prob)
-    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None, corruption)
+    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None, corruption,
+                         model in config.bf16_models)
 
 
 def train_phase(
@@ -89,6 +93,7 @@ def train_phase(
     transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
     images = to_tensor(train_set.images)
     labels = torch.from_numpy(train_set.labels)
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16 and bf16_is_fast(device))
 
     result = PhaseResult()
     best_score, best_state, stale = (-1.0, -1.0), None, 0
@@ -102,7 +107,8 @@ def train_phase(
         for batch_index in range(steps_per_epoch):
             idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
-            loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator)
+            with precision:
+                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
@@ -162,6 +168,20 @@ def train_phase(
     result.seconds = train_seconds
     result.images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+@functools.cache
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds training up here; without native support it is emulated and several
+    times slower, so such machines train in float32 and say so once."""
+    if device.type == "cuda":
+        fast = torch.cuda.is_bf16_supported()
+    else:
+        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
+        fast = device.type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in native)
+    if not fast:
+        log.warning("this %s has no native bfloat16; bf16_models train in float32", device.type)
+    return fast
 
 
 def _selection_score(val: dict, metric: str) -> tuple[float, float]:

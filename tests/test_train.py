@@ -148,3 +148,38 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
         with torch.no_grad():
             losses[steps] = nn.functional.cross_entropy(model.eval()(share), y).item()
     assert losses[5] > losses[1], losses
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_split, monkeypatch, fast):
+    config = make_config("tiny", bf16_models=("resnet_se",), max_steps_per_epoch=1)
+    assert base_settings(config, "resnet_se").bf16 and finetune_settings(config, "resnet_se").bf16
+    assert not base_settings(config, "convnext_tiny").bf16 and not finetune_settings(config).bf16
+    monkeypatch.setattr(train_module, "bf16_is_fast", lambda device: fast)
+    model, seen = toy_model(), []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    predict = train_module.predict_fake_proba
+
+    def validate(*args, **kwargs):
+        seen.append("validation")
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict_fake_proba", validate)
+    train, val = toy_split
+    settings = replace(finetune_settings(config, "resnet_se"), epochs=1)
+    train_phase(model, train, val, config, settings, CPU, "toy")
+    split = seen.index("validation")
+    assert set(seen[:split]) == {torch.bfloat16 if fast else torch.float32}  # the step and its PGD crafting
+    assert set(seen[split + 1:]) == {torch.float32}, "validation must run in float32"
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "autocast must leave the weights float32"
+
+
+def test_bf16_falls_back_to_float32_with_a_warning_without_native_support(monkeypatch, caplog):
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    train_module.bf16_is_fast.cache_clear()
+    try:
+        assert not train_module.bf16_is_fast(CPU)
+    finally:
+        train_module.bf16_is_fast.cache_clear()
+    assert "no native bfloat16" in caplog.text
