@@ -229,12 +229,16 @@ def _batch_loss(model, x, y, adv_ratio, config, generator):
 
 
 def _adversarial(model, images, targets, config, generator):
-    """FGSM (or PGD-k) images for class or soft-probability targets, eps drawn per image from fgsm_epsilons."""
+    """FGSM (or PGD-k) images for class or soft-probability targets, eps drawn per image from fgsm_epsilons.
+
+    Crafted in float32 even inside a bf16 training step, so phase 2 trains on attacks as precise as the ones
+    it is evaluated against."""
     eps = sample_epsilons(len(images), config.fgsm_epsilons, generator).to(images.device)
     steps = config.finetune_attack_steps
-    if steps > 1:
-        return pgd(model, images, targets, eps, steps=steps, step_size=2.5 * eps / steps, generator=generator)
-    return fgsm(model, images, targets, eps, random_start=config.fgsm_random_start, generator=generator)
+    with torch.autocast(images.device.type, enabled=False):
+        if steps > 1:
+            return pgd(model, images, targets, eps, steps=steps, step_size=2.5 * eps / steps, generator=generator)
+        return fgsm(model, images, targets, eps, random_start=config.fgsm_random_start, generator=generator)
 
 
 def seed_everything(seed: int) -> None:
