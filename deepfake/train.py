@@ -40,7 +40,7 @@ class PhaseSettings:
     adv_ratio: float
     patience: int | None  # None: keep the last epoch (no early stopping)
     corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
-    bf16: bool = False  # bfloat16 autocast for the training steps (attack crafting included), not for validation
+    bf16: bool = False  # bfloat16 autocast for the training steps; attack crafting and validation stay float32
 
 
 @dataclass
@@ -172,8 +172,8 @@ def train_phase(
 
 @functools.cache
 def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 autocast speeds training up here; without native support it is emulated and several
-    times slower, so such machines train in float32 and say so once."""
+    """Whether bfloat16 autocast speeds training up here; without native support it is emulated and can be
+    slower than float32, so such machines train in float32 and say so once."""
     if device.type == "cuda":
         fast = torch.cuda.is_bf16_supported()
     else:
