@@ -180,6 +180,7 @@ class _ModelTrainer:
             entry.setdefault("val", {})[phase] = outcome.val_metrics
             entry.setdefault("images_per_second", {})[settings.name] = outcome.images_per_second
             entry.setdefault("wall_seconds", {})[settings.name] = outcome.seconds
+            entry.setdefault("precision", {})[settings.name] = outcome.precision
             if settings.name == "base":
                 entry["best_epoch"] = outcome.best_epoch
             results["timings"] = timings

@@ -50,6 +50,7 @@ class PhaseResult:
     val_metrics: dict = field(default_factory=dict)
     images_per_second: float = 0.0
     seconds: float = 0.0
+    precision: str = "float32"  # of the training steps: "bfloat16" when settings.bf16 took effect here
 
 
 def base_settings(config: Config, model: str | None = None) -> PhaseSettings:
@@ -93,9 +94,10 @@ def train_phase(
     transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
     images = to_tensor(train_set.images)
     labels = torch.from_numpy(train_set.labels)
-    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16 and bf16_is_fast(device))
+    bf16 = settings.bf16 and bf16_is_fast(device)
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    result = PhaseResult()
+    result = PhaseResult(precision="bfloat16" if bf16 else "float32")
     best_score, best_state, stale = (-1.0, -1.0), None, 0
     train_seconds, images_seen, step = 0.0, 0, 0
     progress = tqdm(total=total_steps, desc=f"{label} {settings.name}", unit="step", leave=False)

@@ -2,6 +2,7 @@
 import logging
 from pathlib import Path
 
+import torch
 from conftest import run_config
 
 from deepfake.config import MODEL_NAMES
@@ -9,6 +10,7 @@ from deepfake.models import load_checkpoint, read_checkpoint
 from deepfake.pipeline import run
 from deepfake.results import load_results, results_path
 from deepfake.samples import sample_manifest
+from deepfake.train import bf16_is_fast
 
 
 def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
@@ -33,6 +35,8 @@ def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
         assert len(entry["history"]["finetune"]) == tiny_run.finetune_epochs
         assert entry["images_per_second"]["base"] > 0 and entry["wall_seconds"]["finetune"] > 0
         assert entry["pretrained"] is False
+        bf16 = name in tiny_run.bf16_models and bf16_is_fast(torch.device("cpu"))
+        assert entry["precision"] == dict.fromkeys(("base", "finetune"), "bfloat16" if bf16 else "float32")
     for stage in ("load_data", "augmented_samples", "adversarial_samples", "evaluate"):
         assert stage in results["timings"]
 

@@ -167,7 +167,8 @@ def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_spl
     monkeypatch.setattr(train_module, "predict_fake_proba", validate)
     train, val = toy_split
     settings = replace(finetune_settings(config, "resnet_se"), epochs=1)
-    train_phase(model, train, val, config, settings, CPU, "toy")
+    result = train_phase(model, train, val, config, settings, CPU, "toy")
+    assert result.precision == ("bfloat16" if fast else "float32")
     split = seen.index("validation")
     crafting, steps = seen[:split:2], seen[1:split:2]  # each step crafts its FGSM share, then trains
     assert set(steps) == {torch.bfloat16 if fast else torch.float32}
