@@ -172,6 +172,9 @@ def train_phase(
     return result
 
 
+NATIVE_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu functions
+
+
 @functools.cache
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bfloat16 autocast speeds training up here; without native support it is emulated and can be
@@ -179,8 +182,8 @@ def bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         fast = torch.cuda.is_bf16_supported()
     else:
-        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
-        fast = device.type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in native)
+        probes = (getattr(torch.cpu, name, lambda: False) for name in NATIVE_BF16_PROBES)  # private: may vanish
+        fast = device.type == "cpu" and any(probe() for probe in probes)
     if not fast:
         log.warning("this %s has no native bfloat16; bf16_models train in float32", device.type)
     return fast

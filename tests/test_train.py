@@ -177,7 +177,7 @@ def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_spl
 
 
 def test_bf16_falls_back_to_float32_with_a_warning_without_native_support(monkeypatch, caplog):
-    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+    for name in train_module.NATIVE_BF16_PROBES:
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
     train_module.bf16_is_fast.cache_clear()
     try:
