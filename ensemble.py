@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="submission.json", help="also writes <name>.meta.json next to it")
     parser.add_argument("--weights", default="accuracy", choices=WEIGHT_SCHEMES,
                         help="weigh each model equally or by its validation accuracy / ROC-AUC")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="fake probability from which an image is called fake "
+                             "(default: the cut with the best validation accuracy, nearest 0.5 among ties)")
     parser.add_argument("--checkpoints", default=None,
                         help="comma list of .pt files (default: every final checkpoint of the run)")
     parser.add_argument("--probabilities", default=None, metavar="FILE",
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return report_errors(lambda: run_ensemble(
         args.checkpoint_dir, test_dir=args.test_dir, output=args.output, scheme=args.weights,
-        checkpoints=checkpoints, probabilities=args.probabilities, device=args.device,
+        threshold=args.threshold, checkpoints=checkpoints, probabilities=args.probabilities, device=args.device,
     ))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
 from .config import WEIGHT_SCHEMES, Config
@@ -36,7 +37,8 @@ from .results import load_results, results_path, update_results
 
 log = logging.getLogger(__name__)
 
-THRESHOLD = 0.5  # fake probability at or above which an image is called fake
+THRESHOLD = 0.5  # fake probability at or above which an image is called fake, unless validation picks another
+CROSSFIT_FOLDS = 5  # folds of the validation split for the honest estimate of the chosen threshold
 TRAIN_FIRST = "run `python deepfake_detection.py` first"
 
 
@@ -140,6 +142,39 @@ def weighted_fake_proba(probs: dict[str, np.ndarray], weights: dict[str, float])
     return np.average(np.stack([probs[name] for name in names]), axis=0, weights=[weights[name] for name in names])
 
 
+def choose_threshold(labels: np.ndarray, fake_probs: np.ndarray) -> float:
+    """The fake-probability cut with the best validation accuracy, the one nearest 0.5 among ties.
+
+    Averaging members that lean the same way (all called too many images fake in the benchmark) shifts
+    the ensemble's best cut away from 0.5; ties go to 0.5, so the cut moves only where it wins images.
+    A one-class split cannot place a cut, so it keeps 0.5.
+    """
+    labels, fake_probs = np.asarray(labels), np.asarray(fake_probs, dtype=float)
+    if len(np.unique(labels)) < 2:
+        return THRESHOLD
+    cuts = np.unique(fake_probs)
+    candidates = np.concatenate([[THRESHOLD], (cuts[:-1] + cuts[1:]) / 2])
+    correct = ((fake_probs[None, :] >= candidates[:, None]) == labels[None, :].astype(bool)).sum(axis=1)
+    best = candidates[correct == correct.max()]
+    return float(best[np.argmin(np.abs(best - THRESHOLD))])
+
+
+def crossfit_accuracy(labels: np.ndarray, fake_probs: np.ndarray, seed: int = 0) -> float | None:
+    """Validation accuracy with each image called at a cut chosen on the other folds.
+
+    The accuracy at a cut chosen on the same images flatters it; this is what the choice is worth on
+    images it did not see. None when a class has fewer images than folds.
+    """
+    labels, fake_probs = np.asarray(labels), np.asarray(fake_probs, dtype=float)
+    if len(np.unique(labels)) < 2 or np.bincount(labels).min() < CROSSFIT_FOLDS:
+        return None
+    correct = 0
+    for fit, held in StratifiedKFold(CROSSFIT_FOLDS, shuffle=True, random_state=seed).split(fake_probs, labels):
+        cut = choose_threshold(labels[fit], fake_probs[fit])
+        correct += int(((fake_probs[held] >= cut) == labels[held].astype(bool)).sum())
+    return correct / len(labels)
+
+
 # ---------------------------------------------------------------------------------------------
 # Predict
 # ---------------------------------------------------------------------------------------------
@@ -165,10 +200,11 @@ def predicted_classes(fake_probs: np.ndarray, threshold: float = THRESHOLD) -> l
     return [CLASS_NAMES[int(p >= threshold)] for p in fake_probs]
 
 
-def score(labels: np.ndarray, member_probs: dict[str, np.ndarray], ensemble_probs: np.ndarray) -> dict:
-    """The ensemble's metrics next to each single model's, on the same images."""
+def score(labels: np.ndarray, member_probs: dict[str, np.ndarray], ensemble_probs: np.ndarray,
+          threshold: float) -> dict:
+    """The ensemble's metrics (at its threshold) next to each single model's (at 0.5), on the same images."""
     return {
-        "ensemble": classification_metrics(labels, ensemble_probs, THRESHOLD),
+        "ensemble": classification_metrics(labels, ensemble_probs, threshold),
         "single": {name: classification_metrics(labels, p, THRESHOLD) for name, p in member_probs.items()},
     }
 
@@ -192,13 +228,13 @@ def meta_path(output: Path) -> Path:
 
 
 def probability_table(test: ImageSet, indices: list[int], member_probs: dict[str, np.ndarray],
-                      ensemble_probs: np.ndarray) -> pd.DataFrame:
+                      ensemble_probs: np.ndarray, threshold: float) -> pd.DataFrame:
     """Per image (in submission order): index, file, each member's and the ensemble's fake probability."""
     table = pd.DataFrame({"index": indices, "file": test.paths})
     for name, probs in member_probs.items():
         table[f"proba_{name}"] = probs
     table["proba_ensemble"] = ensemble_probs
-    table["prediction"] = predicted_classes(ensemble_probs)
+    table["prediction"] = predicted_classes(ensemble_probs, threshold)
     if _is_labelled(test):
         table["label"] = [CLASS_NAMES[label] for label in test.labels]
     return table.sort_values("index", kind="stable")
@@ -223,17 +259,22 @@ def run_ensemble(
     test_dir: str | Path | None = None,
     output: str | Path = "submission.json",
     scheme: str = "accuracy",
+    threshold: float | None = None,
     checkpoints: list[str | Path] | None = None,
     probabilities: str | Path | None = None,
     device: str = "auto",
 ) -> dict:
     """load run -> weigh -> predict -> write; returns the meta record written next to the submission.
 
+    ``threshold`` None: the cut is chosen on the validation split (:func:`choose_threshold`).
+
     Everything that can fail on bad input (run, checkpoints, test images, split) fails before the
     first file is written, and each file is replaced atomically.
     """
     started = time.perf_counter()
     checkpoint_dir, output = Path(checkpoint_dir), Path(output)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise EnsembleError(f"--threshold {threshold} is not a probability strictly between 0 and 1")
 
     # Load run
     config = load_run_config(checkpoint_dir)
@@ -254,17 +295,25 @@ def run_ensemble(
     _, val, _ = load_split(checkpoint_dir / SPLIT_NAME, config.image_size)
     models = load_models(members, torch_device)
     probs = predict_members(models, {"val": val.images, "test": test.images}, config, torch_device)
-    test_probs = weighted_fake_proba(probs["test"], weights)
-    val_scores = score(val.labels, probs["val"], weighted_fake_proba(probs["val"], weights))
-    test_scores = score(test.labels, probs["test"], test_probs) if _is_labelled(test) else None
+    test_probs, val_probs = weighted_fake_proba(probs["test"], weights), weighted_fake_proba(probs["val"], weights)
+    chosen = threshold is None
+    threshold = choose_threshold(val.labels, val_probs) if chosen else float(threshold)
+    val_scores = score(val.labels, probs["val"], val_probs, threshold)
+    threshold_check = {
+        "val_accuracy_at_0.5": classification_metrics(val.labels, val_probs, THRESHOLD)["accuracy"],
+        "val_accuracy_crossfit": crossfit_accuracy(val.labels, val_probs) if chosen else None,
+    }
+    test_scores = score(test.labels, probs["test"], test_probs, threshold) if _is_labelled(test) else None
 
     # Write
-    rows = submission_rows(indices, test_probs)
+    rows = submission_rows(indices, test_probs, threshold)
     meta = {
         "submission": str(output),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "scheme": scheme,
-        "threshold": THRESHOLD,
+        "threshold": threshold,
+        "threshold_from": "validation" if chosen else "--threshold",
+        "threshold_check": threshold_check,
         "members": [
             {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": sha256(m.checkpoint),
              "weight": weights[m.name], "val_metrics": m.val_metrics}
@@ -286,7 +335,7 @@ def run_ensemble(
     write_json(meta_path(output), meta)
     if probabilities is not None:
         with atomic_path(probabilities) as tmp:
-            probability_table(test, indices, probs["test"], test_probs).to_csv(tmp, index=False)
+            probability_table(test, indices, probs["test"], test_probs, threshold).to_csv(tmp, index=False)
     _log_outcome(meta)
     record_ensemble(checkpoint_dir, config.viz_dir, meta)
     return meta
@@ -297,8 +346,10 @@ def record_ensemble(checkpoint_dir: Path, viz_dir: str | Path, meta: dict) -> No
     entry = {
         "scheme": meta["scheme"],
         "threshold": meta["threshold"],
+        "threshold_from": meta["threshold_from"],
         "members": {m["name"]: {"checkpoint": m["checkpoint"], "weight": m["weight"]} for m in meta["members"]},
         "val": meta["val"]["ensemble"],
+        "threshold_check": meta["threshold_check"],
         "single": meta["val"]["single"],
         "n_val": meta["n_val"],
         **({"test": meta["test"]} if meta["test"] else {}),
@@ -317,6 +368,11 @@ def _log_outcome(meta: dict) -> None:
                     " and ".join(str(p) for p in (meta_path(output), meta["probabilities"]) if p is not None))
     log.info("wrote %s (%d images: %d real, %d fake) and %s", output, meta["n_images"], meta["predicted"]["real"],
              meta["predicted"]["fake"], meta_path(output))
+    check = meta["threshold_check"]
+    crossfit = check["val_accuracy_crossfit"]
+    log.info("ensemble threshold %.4f (%s); validation accuracy at 0.5: %.4f%s", meta["threshold"],
+             meta["threshold_from"], check["val_accuracy_at_0.5"],
+             "" if crossfit is None else f", with the cut chosen on the other folds: {crossfit:.4f}")
     for split, label in (("val", "validation"), ("test", "labelled test")):
         if meta[split]:
             for name, metrics in {"ensemble": meta[split]["ensemble"], **meta[split]["single"]}.items():

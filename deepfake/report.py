@@ -108,6 +108,13 @@ def _ensemble(ensemble: dict | None) -> str:
     weights = f", {ensemble['scheme']} weights" if ensemble.get("scheme") else ""
     lines = [f"## Ensemble vs single models (validation{weights})",
              _table(("model", *CLEAN_METRICS, "weight"), rows)]
+    check = ensemble.get("threshold_check")
+    if check:
+        crossfit = check["val_accuracy_crossfit"]
+        lines.append(f"The ensemble calls an image fake from probability {ensemble['threshold']:.4f} "
+                     f"({ensemble['threshold_from']}; the single models from 0.5). Validation accuracy at 0.5: "
+                     f"{_num(check['val_accuracy_at_0.5'])}" + ("" if crossfit is None else
+                     f"; with each image called at a cut chosen on the other folds: {_num(crossfit)}") + ".")
     if ensemble.get("test"):
         test = ensemble["test"]
         rows = [("**ensemble**", *(_num(test["ensemble"].get(m)) for m in CLEAN_METRICS))]

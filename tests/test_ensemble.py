@@ -13,7 +13,8 @@ import pytest
 from deepfake.config import MODEL_NAMES
 from deepfake.data import file_number, list_image_files, load_images
 from deepfake.ensemble import (
-    EnsembleError, ensemble_weights, explicit_members, submission_rows, weighted_fake_proba,
+    EnsembleError, choose_threshold, crossfit_accuracy, ensemble_weights, explicit_members, submission_rows,
+    weighted_fake_proba,
 )
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
@@ -87,6 +88,27 @@ def test_weighted_average_of_identical_models_is_that_model():
     np.testing.assert_allclose(mixed, [0.75, 0.75])
 
 
+def test_threshold_moves_only_where_validation_accuracy_gains():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    leaning_fake = np.array([0.55, 0.6, 0.62, 0.8, 0.9, 0.95])  # every real image above 0.5
+    assert choose_threshold(labels, leaning_fake) == pytest.approx((0.62 + 0.8) / 2)
+    assert choose_threshold(labels, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])) == 0.5  # 0.5 already perfect
+    assert choose_threshold(labels, np.array([0.3, 0.45, 0.7, 0.6, 0.8, 0.9])) == 0.5  # ties go to 0.5
+    assert choose_threshold(labels[:3], leaning_fake[:3]) == 0.5  # one class: no cut to place
+
+
+def test_crossfit_accuracy_rewards_a_real_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    shifted = np.concatenate([rng.uniform(0.5, 0.7, 100), rng.uniform(0.75, 0.95, 100)])
+    assert (shifted >= 0.5).mean() == 1.0  # at 0.5 every image is called fake: half right
+    assert crossfit_accuracy(labels, shifted) == 1.0
+    noise = rng.random(200)
+    in_sample = ((noise >= choose_threshold(labels, noise)) == labels).mean()
+    assert crossfit_accuracy(labels, noise) < in_sample  # a cut fitted to noise does not carry over
+    assert crossfit_accuracy(labels[96:], noise[96:]) is None  # 4 real images: fewer than the folds
+
+
 def test_submission_rows_are_the_exact_schema_sorted_by_index():
     rows = submission_rows([10, 2, 1, 7], np.array([0.9, 0.1, 0.5, 0.49]))
     assert rows == [
@@ -127,6 +149,9 @@ def test_ensemble_of_the_training_run_writes_submission_meta_probabilities_and_r
     table = pd.read_csv(table_file)
     assert list(table["index"]) == [row["index"] for row in rows]
     assert list(table["prediction"]) == [row["prediction"] for row in rows]
+    assert meta["threshold_from"] == "validation" and 0 < meta["threshold"] < 1
+    assert list(table["prediction"]) == ["fake" if p >= meta["threshold"] else "real" for p in table["proba_ensemble"]]
+    assert f"ensemble threshold {meta['threshold']:.4f} (validation)" in caplog.text
     weighted = sum(members[name]["weight"] * table[f"proba_{name}"] for name in MODEL_NAMES)
     np.testing.assert_allclose(table["proba_ensemble"], weighted, rtol=1e-6)
 
@@ -136,6 +161,8 @@ def test_ensemble_of_the_training_run_writes_submission_meta_probabilities_and_r
                                    for name, m in members.items()}
     assert set(ensemble["val"]) == {"accuracy", "precision", "recall", "f1", "auc"}
     assert ensemble["val"] == meta["val"]["ensemble"]
+    assert ensemble["threshold"] == meta["threshold"] and ensemble["threshold_check"] == meta["threshold_check"]
+    assert ensemble["val"]["accuracy"] >= ensemble["threshold_check"]["val_accuracy_at_0.5"]
     assert "Ensemble vs single models" in (tmp_path / "visualizations" / REPORT_NAME).read_text()
     assert (tmp_path / "visualizations" / OVERVIEW_NAME).exists()
 
@@ -162,14 +189,18 @@ def test_ensemble_of_identical_models_equals_the_model(run_dir, resnet_checkpoin
         shutil.copy(resnet_checkpoint, copy)
     table_file = tmp_path / "probabilities.csv"
     assert run_cli(run_dir, tmp_path / "submission.json", "--test-dir", str(demo_images[0].parent),
-                   "--checkpoints", ",".join(map(str, copies)), "--probabilities", str(table_file)) == 0
+                   "--checkpoints", ",".join(map(str, copies)), "--probabilities", str(table_file),
+                   "--threshold", "0.5") == 0
 
     table = pd.read_csv(table_file)
     images, _ = load_images(list(table["file"]))
     single = predict_fake_proba(load_checkpoint(resnet_checkpoint), images)
     for column in ("proba_a", "proba_b", "proba_ensemble"):
         np.testing.assert_allclose(table[column], single, rtol=1e-5)
-    assert [m["weight"] for m in read_json(tmp_path / "submission.meta.json")["members"]] == [0.5, 0.5]
+    meta = read_json(tmp_path / "submission.meta.json")
+    assert [m["weight"] for m in meta["members"]] == [0.5, 0.5]
+    assert (meta["threshold"], meta["threshold_from"]) == (0.5, "--threshold")
+    assert meta["threshold_check"]["val_accuracy_crossfit"] is None
     val = load_results(results_path(run_dir))["ensemble"]
     assert val["val"] == val["single"]["a"] == val["single"]["b"]
 
@@ -198,7 +229,8 @@ def test_labelled_test_folder_is_scored(run_dir, resnet_checkpoint, demo_dir, tm
     make_test_dir(test_dir / "REAL", sources["real"], ["1.png", "3.png", "5.png"])
     make_test_dir(test_dir / "FAKE", sources["fake"], ["2.png", "4.png", "6.png"])
     output = tmp_path / "submission.json"
-    assert run_cli(run_dir, output, "--test-dir", str(test_dir), "--checkpoints", str(resnet_checkpoint)) == 0
+    assert run_cli(run_dir, output, "--test-dir", str(test_dir), "--checkpoints", str(resnet_checkpoint),
+                   "--threshold", "0.5") == 0
 
     assert [row["index"] for row in read_json(output)] == list(range(1, 7))
     test_scores = load_results(results_path(run_dir))["ensemble"]["test"]
@@ -277,6 +309,11 @@ def test_missing_or_empty_test_folder_is_named(run_dir, tmp_path, capsys):
     (empty / "notes.txt").write_text("not an image")
     for folder in (missing, empty):
         assert str(folder) in assert_fails(capsys, run_dir, tmp_path / "submission.json", "--test-dir", str(folder))
+
+
+@pytest.mark.parametrize("threshold", ["0", "1.5"])
+def test_threshold_outside_zero_one_is_refused(run_dir, tmp_path, capsys, threshold):
+    assert "--threshold" in assert_fails(capsys, run_dir, tmp_path / "submission.json", "--threshold", threshold)
 
 
 def test_corrupt_test_image_is_named(run_dir, demo_images, tmp_path, capsys):

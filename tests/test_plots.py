@@ -65,6 +65,13 @@ def test_overview_and_report_without_and_with_an_ensemble(results, tmp_path):
     assert plot_models_overview(results, tmp_path).stat().st_size > 0
     report = write_report(results, tmp_path).read_text()
     assert "## Ensemble vs single models" in report and "| **ensemble** | 0.9900 |" in report
+    assert "calls an image fake from" not in report  # a run from before thresholds were chosen
+
+    results["ensemble"].update(threshold=0.625, threshold_from="validation",
+                               threshold_check={"val_accuracy_at_0.5": 0.9, "val_accuracy_crossfit": 0.95})
+    report = write_report(results, tmp_path).read_text()
+    assert "fake from probability 0.6250 (validation" in report
+    assert "at 0.5: 0.9000; with each image called at a cut chosen on the other folds: 0.9500." in report
 
 
 def test_report_before_any_evaluation(tmp_path):
