@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from deepfake.attacks import pgd  # noqa: E402
 from deepfake.corruptions import apply_corruption  # noqa: E402
 from deepfake.data import ImageSet, load_labelled, split_indices  # noqa: E402
-from deepfake.ensemble import CROSSFIT_FOLDS, weighted_fake_proba  # noqa: E402
+from deepfake.ensemble import CROSSFIT_FOLDS, THRESHOLD, weighted_fake_proba  # noqa: E402
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
 from deepfake.io import write_json, write_text  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
@@ -120,9 +120,9 @@ def count_images(data_dir: Path) -> int:
 
 def score_unseen(checkpoint_dir: Path, unseen: ImageSet) -> dict:
     results = load_results(results_path(checkpoint_dir))
-    members = results.get("ensemble", {}).get("members", {})
-    weights = {name: member["weight"] for name, member in members.items()}
-    threshold = results.get("ensemble", {}).get("threshold", 0.5)
+    ensemble = results.get("ensemble", {})
+    weights = {name: member["weight"] for name, member in ensemble.get("members", {}).items()}
+    threshold = ensemble.get("threshold", THRESHOLD)  # runs from before the cut was chosen used 0.5
     models = {name: load_checkpoint(entry["checkpoints"]["final"]) for name, entry in results["models"].items()
               if "final" in entry.get("checkpoints", {})}
     bases = {name: load_checkpoint(entry["checkpoints"]["base"]) for name, entry in results["models"].items()
@@ -168,7 +168,7 @@ def score_ensemble(models: dict, weights: dict, unseen: ImageSet, tta: bool, thr
 
     labels, clean_probs = unseen.labels, ensemble_probs(unseen.images)
     scores = {"clean": classification_metrics(labels, clean_probs, threshold), "threshold": threshold,
-              "clean_accuracy_at_0.5": classification_metrics(labels, clean_probs)["accuracy"]}
+              "clean_accuracy_at_0.5": classification_metrics(labels, clean_probs, THRESHOLD)["accuracy"]}
     for label, (name, value) in CORRUPTIONS.items():
         scores[label] = classification_metrics(
             labels, ensemble_probs(apply_corruption(unseen.images, name, value, seed=0)), threshold)["accuracy"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
@@ -174,7 +175,7 @@ def crossfit_accuracy(labels: np.ndarray, fake_probs: np.ndarray, seed: int = 0)
     correct = 0
     for fit, held in StratifiedKFold(CROSSFIT_FOLDS, shuffle=True, random_state=seed).split(fake_probs, labels):
         cut = choose_threshold(labels[fit], fake_probs[fit])
-        correct += int(((fake_probs[held] >= cut) == labels[held].astype(bool)).sum())
+        correct += int(accuracy_score(labels[held], fake_probs[held] >= cut, normalize=False))
     return correct / len(labels)
 
 
