@@ -19,6 +19,7 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SEModule
+from timm.models.efficientnet import _gen_efficientnet
 from timm.models.resnet import BasicBlock
 from torch import nn
 
@@ -87,17 +88,18 @@ class SpectrumHead(nn.Module):
 class Classifier(nn.Module):
     """normalize -> backbone, plus the spectrum head's logits when it has one (late fusion by sum).
 
-    ``arch`` and ``pretrained_loaded`` travel with the model.
+    ``arch``, ``pretrained_loaded`` and ``width`` travel with the model.
     """
 
     def __init__(self, arch: str, backbone: nn.Module, pretrained_loaded: bool,
-                 spectrum: SpectrumHead | None = None) -> None:
+                 spectrum: SpectrumHead | None = None, width: float = 1.0) -> None:
         super().__init__()
         self.normalize = Normalize()
         self.backbone = backbone
         self.spectrum = spectrum
         self.arch = arch
         self.pretrained_loaded = pretrained_loaded
+        self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.backbone(self.normalize(x))
@@ -116,32 +118,39 @@ def _se_stage(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def _resnet_se() -> nn.Module:
+def _scaled(channels: tuple[int, ...], width: float) -> tuple[int, ...]:
+    """Channel counts times ``width``, rounded to multiples of 8 (what CPU kernels and SE reductions like)."""
+    return tuple(max(8, int(round(c * width / 8)) * 8) for c in channels)
+
+
+def _resnet_se(width: float) -> nn.Module:
     """A small ResNet built for 32x32 (no strided stem): 32 -> 16 -> 8 -> 4 pixels."""
+    stem, c1, c2, c3 = _scaled((64, 128, 256, 512), width)
     return nn.Sequential(
-        nn.Conv2d(3, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
+        nn.Conv2d(3, stem, 3, padding=1, bias=False),
+        nn.BatchNorm2d(stem),
         nn.ReLU(inplace=True),
-        _se_stage(64, 128),
-        _se_stage(128, 256),
-        _se_stage(256, 512),
+        _se_stage(stem, c1),
+        _se_stage(c1, c2),
+        _se_stage(c2, c3),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Dropout(0.4),
-        nn.Linear(512, 256),
+        nn.Linear(c3, 256),
         nn.ReLU(inplace=True),
         nn.Dropout(0.3),
         nn.Linear(256, len(CLASS_NAMES)),
     )
 
 
-def _convnext_tiny() -> nn.Module:
+def _convnext_tiny(width: float) -> nn.Module:
     # Stock 4x stem kept: measured at 32x32, finer stems trained no better at 3x the cost (see README).
-    return timm.create_model("convnext_tiny", num_classes=len(CLASS_NAMES))
+    return timm.create_model("convnext_tiny", num_classes=len(CLASS_NAMES), dims=_scaled((96, 192, 384, 768), width))
 
 
-def _efficientnet_b0() -> nn.Module:
-    model = timm.create_model("efficientnet_b0", num_classes=len(CLASS_NAMES))
+def _efficientnet_b0(width: float) -> nn.Module:
+    # timm's efficientnet_b0 entry point fixes channel_multiplier=1.0, so the width goes through the builder it calls.
+    model = _gen_efficientnet("efficientnet_b0", channel_multiplier=width, num_classes=len(CLASS_NAMES))
     # Stem stride 1 (final map 2x2, not 1x1): the stock stride-2 stem barely fits 32x32 training data; see README.
     model.conv_stem.stride = (1, 1)
     return model
@@ -149,7 +158,7 @@ def _efficientnet_b0() -> nn.Module:
 
 @dataclass(frozen=True)
 class ZooEntry:
-    build: Callable[[], nn.Module]
+    build: Callable[[float], nn.Module]  # channel-width multiplier -> backbone
     timm_name: str | None  # source of pretrained weights; None = none exist
 
 
@@ -161,17 +170,24 @@ ZOO: dict[str, ZooEntry] = {
 assert set(ZOO) == set(MODEL_NAMES), "the zoo and config.MODEL_NAMES must list the same models"
 
 
-def build_model(name: str, pretrained: bool = False, spectrum: bool = False) -> nn.Module:
+def build_model(name: str, pretrained: bool = False, spectrum: bool = False, width: float = 1.0) -> nn.Module:
     """A fresh model; with ``pretrained`` it starts from ImageNet weights where they can be had,
-    with ``spectrum`` it also reads the image's Fourier spectrum (:class:`SpectrumHead`)."""
+    with ``spectrum`` it also reads the image's Fourier spectrum (:class:`SpectrumHead`); ``width``
+    multiplies every stage's channels, except for ``pretrained`` models with weights (which exist at
+    full width only)."""
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(ZOO)}")
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}")
     entry = ZOO[name]
-    backbone = entry.build()
+    if pretrained and entry.timm_name is not None and width != 1.0:
+        log.info("%s: full width, not %g, so that its pretrained weights fit", name, width)
+        width = 1.0
+    backbone = entry.build(width)
     loaded = pretrained and _load_pretrained(backbone, name, entry.timm_name)
     # channels_last: 1.1x (resnet_se) to 2x (efficientnet_b0) faster CPU training here; same results.
     head = SpectrumHead(len(CLASS_NAMES)) if spectrum else None
-    return Classifier(name, backbone, loaded, head).to(memory_format=torch.channels_last)
+    return Classifier(name, backbone, loaded, head, width).to(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +284,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, config: dict, 
     """Atomically write the weights plus what is needed to rebuild and trust them."""
     payload = {
         "arch": model.arch,
+        "width": float(model.width),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": _plain(config),
         "phase": phase,
@@ -298,7 +315,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model from the file alone, in eval mode on ``device``."""
     payload = read_checkpoint(path)
-    model = build_model(payload["arch"], spectrum=any(k.startswith("spectrum.") for k in payload["state_dict"]))
+    model = build_model(payload["arch"], spectrum=any(k.startswith("spectrum.") for k in payload["state_dict"]),
+                        width=float(payload.get("width", 1.0)))  # checkpoints before model_width are full width
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:

@@ -49,6 +49,10 @@ def test_unknown_names_fail_with_the_choices():
         make_config("full", model_lr=(("effnet", 1e-3),))
     with pytest.raises(ConfigError, match="resnet; choose from"):
         make_config("full", spectrum_models=("resnet",))
+    with pytest.raises(ConfigError, match="convnext; choose from"):
+        make_config("full", model_width=(("convnext", 0.5),))
+    with pytest.raises(ConfigError, match="multipliers must be positive, got resnet_se=0"):
+        make_config("full", model_width=(("resnet_se", 0),))
     with pytest.raises(ConfigError, match="f1; choose from accuracy, auc"):
         make_config("full", select_metric="f1")
 

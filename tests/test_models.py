@@ -90,6 +90,42 @@ def test_checkpoint_round_trip_gives_identical_logits(name, models, images, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # atomic: no temp file left
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_width_scales_channels_and_survives_a_checkpoint(name, models, images, tmp_path):
+    narrow = build_model(name, width=0.5).eval()
+    full_size = sum(p.numel() for p in models[name].parameters())
+    assert narrow.width == 0.5 and sum(p.numel() for p in narrow.parameters()) < 0.4 * full_size
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(path, narrow, config={}, phase="base")
+    restored = load_checkpoint(path)
+    assert restored.width == 0.5
+    with torch.no_grad():
+        assert torch.equal(restored(images), narrow(images))
+
+
+def test_width_rounds_resnet_se_channels_to_multiples_of_eight():
+    linears = [m.in_features for m in build_model("resnet_se", width=0.3).modules() if isinstance(m, nn.Linear)]
+    assert linears == [152, 256]  # 512 * 0.3 = 153.6 -> 152
+    with pytest.raises(ValueError, match="width must be positive"):
+        build_model("resnet_se", width=0.0)
+
+
+def test_pretrained_models_keep_the_width_their_weights_have(caplog):
+    with caplog.at_level(logging.INFO, logger="deepfake.models"):
+        assert build_model("efficientnet_b0", pretrained=True, width=0.5).width == 1.0
+    assert "full width, not 0.5" in caplog.text
+    assert build_model("resnet_se", pretrained=True, width=0.5).width == 0.5  # no weights to fit
+
+
+def test_checkpoints_without_a_width_load_at_full_width(models, tmp_path):
+    path = tmp_path / "resnet_se.pt"
+    save_checkpoint(path, models["resnet_se"], config={}, phase="base")
+    payload = torch.load(path, weights_only=True)
+    del payload["width"]  # written before widths existed
+    torch.save(payload, path)
+    assert load_checkpoint(path).width == 1.0
+
+
 def test_missing_checkpoint_names_the_file_and_the_fix(tmp_path):
     path = tmp_path / "resnet_se_final.pt"
     with pytest.raises(CheckpointError, match="deepfake_detection.py") as error:

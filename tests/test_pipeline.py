@@ -31,6 +31,7 @@ def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
             assert 0.0 <= entry["val"][phase]["accuracy"] <= 1.0
         final = load_checkpoint(checkpoints / f"{name}_final.pt")
         assert not final.training and (final.spectrum is not None) == (name in tiny_run.spectrum_models)
+        assert final.width == dict(tiny_run.model_width).get(name, 1.0)
         assert len(entry["history"]["base"]) == tiny_run.base_epochs
         assert len(entry["history"]["finetune"]) == tiny_run.finetune_epochs
         assert entry["images_per_second"]["base"] > 0 and entry["wall_seconds"]["finetune"] > 0
