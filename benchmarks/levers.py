@@ -75,8 +75,8 @@ def main() -> int:
     data_id = hashlib.sha1("\n".join(train.paths).encode()).hexdigest()[:12]
     pool = ImageSet.concat(train, augmented_samples(train, config, data_id))
 
-    model = build_model(args.model, spectrum=args.model in config.spectrum_models,
-                        width=dict(config.model_width).get(args.model, 1.0)).to(device)
+    spectrum = args.model in config.spectrum_models
+    model = build_model(args.model, spectrum=spectrum, width=config.width(args.model)).to(device)
     started = time.perf_counter()
     base = train_phase(model, pool, val, config, base_settings(config, args.model), device, label=args.model)
     record = {

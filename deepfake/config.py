@@ -86,6 +86,10 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def width(self, model: str) -> float:
+        """``model``'s channel multiplier: its ``model_width`` entry, else full width."""
+        return float(dict(self.model_width).get(model, 1.0))
+
 
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (

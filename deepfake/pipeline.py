@@ -141,7 +141,7 @@ class _ModelTrainer:
             log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
             return True
         model = build_model(name, self.config.pretrained, name in self.config.spectrum_models,
-                            dict(self.config.model_width).get(name, 1.0)).to(self.device)
+                            self.config.width(name)).to(self.device)
         return self._train(name, model, base_settings(self.config, name), pool, val, timings)
 
     def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from deepfake.config import PRESETS, add_config_arguments, config_from_args, config_from_dict, make_config
+from deepfake.config import MODEL_NAMES, PRESETS, add_config_arguments, config_from_args, config_from_dict, make_config
 from deepfake.errors import ConfigError
 
 
@@ -25,6 +25,12 @@ def test_seed_preset_keeps_original_recipe():
     assert (seed.base_epochs, seed.patience, seed.finetune_epochs, seed.finetune_lr) == (50, 15, 15, 1e-4)
     assert seed.fgsm_epsilons == (0.02, 0.03, 0.05, 0.08)
     assert (seed.augment_per_class, seed.adversarial_count) == (250, 400)
+    assert all(seed.width(name) == 1.0 for name in MODEL_NAMES)  # the seed notebook's full-size models
+
+
+def test_model_width_names_a_multiplier_per_model_and_full_width_otherwise():
+    config = parse("--set", "model_width=[['convnext_tiny', 0.5]]")
+    assert (config.width("convnext_tiny"), config.width("resnet_se")) == (0.5, 1.0)
 
 
 def test_flags_override_preset():
