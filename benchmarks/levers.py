@@ -38,7 +38,7 @@ from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, par
 from deepfake.data import ImageSet, load_split  # noqa: E402
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
-from deepfake.models import build_model  # noqa: E402
+from deepfake.models import build_from_config  # noqa: E402
 from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
 from deepfake.samples import augmented_samples  # noqa: E402
 from deepfake.train import base_settings, finetune_settings, train_phase  # noqa: E402
@@ -75,8 +75,7 @@ def main() -> int:
     data_id = hashlib.sha1("\n".join(train.paths).encode()).hexdigest()[:12]
     pool = ImageSet.concat(train, augmented_samples(train, config, data_id))
 
-    spectrum = args.model in config.spectrum_models
-    model = build_model(args.model, spectrum=spectrum, width=config.width(args.model)).to(device)
+    model = build_from_config(args.model, config).to(device)
     started = time.perf_counter()
     base = train_phase(model, pool, val, config, base_settings(config, args.model), device, label=args.model)
     record = {

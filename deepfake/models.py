@@ -23,7 +23,7 @@ from timm.models.efficientnet import _gen_efficientnet
 from timm.models.resnet import BasicBlock
 from torch import nn
 
-from .config import MODEL_NAMES
+from .config import MODEL_NAMES, Config
 from .data import CLASS_NAMES
 from .errors import DeepfakeError
 from .io import save_torch
@@ -188,6 +188,11 @@ def build_model(name: str, pretrained: bool = False, spectrum: bool = False, wid
     # channels_last: 1.1x (resnet_se) to 2x (efficientnet_b0) faster CPU training here; same results.
     head = SpectrumHead(len(CLASS_NAMES)) if spectrum else None
     return Classifier(name, backbone, loaded, head, width).to(memory_format=torch.channels_last)
+
+
+def build_from_config(name: str, config: Config) -> nn.Module:
+    """The fresh model ``config`` asks for: its pretrained flag, spectrum head and width for ``name``."""
+    return build_model(name, config.pretrained, name in config.spectrum_models, config.width(name))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from .config import TRAINING_KEYS, Config, config_from_dict
 from .data import ImageSet, find_test_dir, load_labelled, resolve_data_dir, save_split, split_indices
 from .inference import select_device
-from .models import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from .models import CheckpointError, build_from_config, load_checkpoint, read_checkpoint, save_checkpoint
 from .results import library_versions, machine_description, results_path, update_results
 from .samples import adversarial_samples, augmented_samples
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, seed_everything, train_phase
@@ -140,8 +140,7 @@ class _ModelTrainer:
         if self._is_current(name, "final") or self._is_current(name, "base"):
             log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
             return True
-        model = build_model(name, self.config.pretrained, name in self.config.spectrum_models,
-                            self.config.width(name)).to(self.device)
+        model = build_from_config(name, self.config).to(self.device)
         return self._train(name, model, base_settings(self.config, name), pool, val, timings)
 
     def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 from timm.layers import SEModule
 from torch import nn
 
-from deepfake.config import MODEL_NAMES
-from deepfake.models import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from deepfake.config import MODEL_NAMES, make_config
+from deepfake.models import (CheckpointError, build_from_config, build_model, load_checkpoint, read_checkpoint,
+                             save_checkpoint)
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +116,13 @@ def test_pretrained_models_keep_the_width_their_weights_have(caplog):
         assert build_model("efficientnet_b0", pretrained=True, width=0.5).width == 1.0
     assert "full width, not 0.5" in caplog.text
     assert build_model("resnet_se", pretrained=True, width=0.5).width == 0.5  # no weights to fit
+
+
+def test_build_from_config_gives_each_model_its_spectrum_head_and_width():
+    config = make_config("tiny", spectrum_models=("convnext_tiny",), model_width=(("convnext_tiny", 0.5),))
+    convnext, resnet = build_from_config("convnext_tiny", config), build_from_config("resnet_se", config)
+    assert (convnext.spectrum is not None, convnext.width) == (True, 0.5)
+    assert (resnet.spectrum is None, resnet.width) == (True, 1.0)
 
 
 def test_checkpoints_without_a_width_load_at_full_width(models, tmp_path):
