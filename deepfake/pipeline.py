@@ -9,12 +9,14 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .config import TRAINING_KEYS, Config, config_from_dict
 from .data import ImageSet, find_test_dir, load_labelled, resolve_data_dir, save_split, split_indices
@@ -140,21 +142,26 @@ class _ModelTrainer:
         if self._is_current(name, "final") or self._is_current(name, "base"):
             log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
             return True
-        model = build_from_config(name, self.config).to(self.device)
-        return self._train(name, model, base_settings(self.config, name), pool, val, timings)
+        return self._train(name, lambda: build_from_config(name, self.config).to(self.device),
+                           base_settings(self.config, name), pool, val, timings)
 
     def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
         if self._is_current(name, "final"):
             log.info("%s: final checkpoint matches the config, skipping phase 2 (--force retrains)", name)
             return True
-        model = load_checkpoint(self.checkpoint(name, "base"), self.device)
-        return self._train(name, model, finetune_settings(self.config, name), pool, val, timings)
+        return self._train(name, lambda: load_checkpoint(self.checkpoint(name, "base"), self.device),
+                           finetune_settings(self.config, name), pool, val, timings)
 
     def best_base(self, names: list[str]) -> str:
         accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}
         return max(accuracies, key=accuracies.get)
 
-    def _train(self, name, model, settings: PhaseSettings, pool, val, timings) -> bool:
+    def _train(self, name, make_model: Callable[[], nn.Module], settings: PhaseSettings, pool, val, timings) -> bool:
+        # Reseeded per phase: a model's initialisation and dropout must not depend on which models
+        # trained (or were skipped as already trained) before it, so a resumed or single-model run
+        # rebuilds the model a full run made.
+        seed_everything(self.config.seed)
+        model = make_model()
         phase = "final" if settings.name == "finetune" else "base"
         log.info("%s: %s phase, %d epochs on %d images", name, settings.name, settings.epochs, len(pool))
         try:

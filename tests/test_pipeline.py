@@ -75,3 +75,13 @@ def test_rerun_skips_finished_models_resumes_and_keeps_other_models(tmp_path, de
 
     run(run_config(tmp_path, demo_dir, models=("resnet_se",)), force=True)
     assert final.stat().st_mtime_ns != final_written
+
+
+def test_a_model_trains_the_same_whatever_ran_before_it(tiny_run, tmp_path, demo_dir):
+    """Each phase starts from the run's seed, so training one model alone (or resuming) rebuilds what a full run did."""
+    assert tiny_run.models.index("resnet_se") > 0, "the full run must train another model before ResNet-SE"
+    run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
+    alone = read_checkpoint(tmp_path / "checkpoints" / "resnet_se_base.pt")["state_dict"]
+    after_others = read_checkpoint(Path(tiny_run.checkpoint_dir) / "resnet_se_base.pt")["state_dict"]
+    assert alone.keys() == after_others.keys()
+    assert all(torch.equal(alone[key], after_others[key]) for key in alone)
