@@ -1,11 +1,13 @@
 """Augmented and FGSM adversarial samples, derived from the training split only.
 
 Samples are written as PNG with a manifest recording each file's source image, label and
-the config that made them, so a rerun with the same config reuses them and a test can prove
-that no validation image was ever a source.
+the config that made them (for FGSM images, also the weights they were crafted against), so a
+rerun with the same config and base model reuses them and a test can prove that no validation
+image was ever a source.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -60,7 +62,17 @@ def adversarial_samples(
         extra = [{"eps": float(e), "crafted_by": crafted_by} for e in eps]
         return samples, extra, {"crafted_by": crafted_by}
 
-    return _reuse_or_generate("adversarial", config, f"{data_id}-{config.fingerprint(TRAINING_KEYS)}", make)
+    fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}-{crafted_by}-{weights_digest(model)}"
+    return _reuse_or_generate("adversarial", config, fingerprint, make)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of the weights: FGSM images crafted against other weights (a retrained base model) are stale."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _reuse_or_generate(kind: str, config: Config, fingerprint: str, make) -> ImageSet:

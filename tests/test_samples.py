@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from deepfake.data import load_labelled, load_split, split_indices
 from deepfake.models import build_model
@@ -51,3 +52,19 @@ def test_adversarial_samples_differ_from_sources_within_budget(tiny_config):
         source = train.images[sources[item["source"]]].astype(int)
         change = np.abs(image.astype(int) - source).max()
         assert 0 < change <= round(item["eps"] * 255) + 1
+
+
+def test_adversarial_samples_are_remade_for_a_different_crafting_model(tiny_config):
+    """The cache must not hand a retrained (``--force``) or different base model's FGSM images to phase 2."""
+    train = _train_split(tiny_config)
+    torch.manual_seed(0)
+    first = adversarial_samples(build_model("resnet_se").eval(), "resnet_se", train, tiny_config, "data", "cpu")
+    manifest = Path(tiny_config.generated_dir) / "adversarial" / "manifest.json"
+    written = manifest.stat().st_mtime_ns
+    torch.manual_seed(0)
+    adversarial_samples(build_model("resnet_se").eval(), "resnet_se", train, tiny_config, "data", "cpu")
+    assert manifest.stat().st_mtime_ns == written, "the same weights must reuse the samples on disk"
+    torch.manual_seed(1)
+    second = adversarial_samples(build_model("resnet_se").eval(), "resnet_se", train, tiny_config, "data", "cpu")
+    assert manifest.stat().st_mtime_ns != written
+    assert not np.array_equal(first.images, second.images)
