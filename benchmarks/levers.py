@@ -6,10 +6,11 @@
 Reads the train/validation split that ``benchmarks/benchmark.py --preset full`` made inside its
 pipeline part (run it first), so a lever is chosen on the pipeline's validation images only, never
 on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config fields as
-``deepfake_detection.py --set`` does. Prints one JSON line (validation accuracy/AUC per epoch; with
-``--finetune``, clean and PGD-10 accuracy at 2/255 and 8/255 before and after phase 2; validation
-accuracy with flip test-time augmentation and under the benchmark's three corruptions) and appends
-it to benchmarks/levers.jsonl.
+``deepfake_detection.py --set`` does; ``--train-fraction`` trains on a stratified, seeded share of
+the training split (a learning curve; set epochs and ``augment_per_class`` to match). Prints one
+JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and PGD-10 accuracy at
+2/255 and 8/255 before and after phase 2; validation accuracy with flip test-time augmentation and
+under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl.
 
     python benchmarks/levers.py --table
 
@@ -35,13 +36,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmark import CORRUPTIONS, corrupted_accuracy, write_results_markdown  # noqa: E402  (this folder)
 from deepfake.attacks import pgd  # noqa: E402
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides  # noqa: E402
-from deepfake.data import ImageSet, load_split  # noqa: E402
+from deepfake.data import ImageSet, load_split, split_indices  # noqa: E402
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import build_from_config  # noqa: E402
 from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
 from deepfake.samples import augmented_samples  # noqa: E402
-from deepfake.train import base_settings, finetune_settings, train_phase  # noqa: E402
+from deepfake.train import base_settings, finetune_settings, seed_everything, train_phase  # noqa: E402
 
 RUN_DIR = REPO / "benchmarks" / "runs" / "full"
 RECORDS = REPO / "benchmarks" / "levers.jsonl"
@@ -59,8 +60,12 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
     parser.add_argument("--finetune", action="store_true", help="also run phase 2 and attack before/after")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    parser.add_argument("--train-fraction", type=float, default=1.0, metavar="F",
+                        help="train on this share of the training split (0 < F <= 1); validation stays whole")
     parser.add_argument("--table", action="store_true", help="only rewrite the table in LEVERS.md")
     args = parser.parse_args()
+    if not 0 < args.train_fraction <= 1:
+        parser.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     if args.table:
         write_table()
         write_results_markdown(LEVERS_MD.parent)  # RESULTS.md carries LEVERS.md below the benchmark numbers
@@ -72,14 +77,18 @@ def main() -> int:
     config.generated_dir = str(REPO / "benchmarks" / "runs" / "levers" / samples)
     device = setup_runtime(config)
     train, val, _ = load_split(args.run_dir / "checkpoints" / SPLIT_NAME, config.image_size)
+    if args.train_fraction < 1:
+        train = train.subset(split_indices(train.labels, 1 - args.train_fraction, config.seed)[0])
     data_id = hashlib.sha1("\n".join(train.paths).encode()).hexdigest()[:12]
     pool = ImageSet.concat(train, augmented_samples(train, config, data_id))
 
+    seed_everything(config.seed)  # each phase starts where the pipeline's does, so a row reproduces its model
     model = build_from_config(args.model, config).to(device)
     started = time.perf_counter()
     base = train_phase(model, pool, val, config, base_settings(config, args.model), device, label=args.model)
     record = {
         "model": args.model, "set": overrides, "config": {key: getattr(config, key) for key in TRAINING_KEYS},
+        "train_fraction": args.train_fraction, "train_images": len(train),
         "best_epoch": base.best_epoch,
         "val_acc": [round(row["val_acc"], 3) for row in base.history],
         "val_auc": [round(row["val_auc"], 3) for row in base.history],
@@ -88,6 +97,7 @@ def main() -> int:
     }
     if args.finetune:
         record["attack_before"] = attack_accuracy(model, val, device)
+        seed_everything(config.seed)
         train_phase(model, pool, val, config, finetune_settings(config, args.model), device, label=args.model)
         record["attack_after"] = attack_accuracy(model, val, device)
         record["final_val_acc_tta"] = tta_accuracy(model, val, device)
@@ -136,7 +146,10 @@ def write_table() -> None:
     reference = next(config for record, config in zip(records, configs) if record["set"] == LEVER_BUDGET)
     latest = {}  # a rerun of the same lever (newer fields, same numbers) replaces its row in place
     for record, config in zip(records, configs):
-        setting = " ".join(f"{k}={v}" for k, v in config.items() if v != reference[k]) or "(reference)"
+        changes = [f"{k}={v}" for k, v in config.items() if v != reference[k]]
+        if record.get("train_fraction", 1) < 1:
+            changes.append(f"train_fraction={record['train_fraction']} ({record['train_images']} images)")
+        setting = " ".join(changes) or "(reference)"
         latest[record["model"], setting] = record
     rows = ["| model | change from the reference recipe | val acc kept (epoch) | with flip TTA | best val AUC "
             "| clean / PGD-10 2/255 / 8/255 before fine-tune | after fine-tune "
