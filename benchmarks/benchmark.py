@@ -2,6 +2,7 @@
 
     python benchmarks/benchmark.py --preset quick
     python benchmarks/benchmark.py --preset full
+    python benchmarks/benchmark.py --preset full --train-seed 43   # a replicate: another training seed
 
 Splits ``../shared/data/synergy25/train`` once (stratified, seeded) into a pipeline part, which
 ``deepfake_detection.py`` splits again into train/validation for itself, and an unseen part.
@@ -50,13 +51,17 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--unseen-fraction", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=2025, help="seed of the pipeline/unseen split")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="the pipeline's seed (its own train/validation split, initialisation, batch order) "
+                             "instead of the preset's; a replicate gets its own run folder, JSON and section")
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "runs")
     parser.add_argument("--skip-training", action="store_true",
                         help="reuse the run in --workdir (its stage times stay in results.json)")
     parser.add_argument("--max-unseen", type=int, default=0, help="score only this many unseen images (0 = all)")
     args = parser.parse_args()
 
-    run_dir = args.workdir / args.preset
+    name = args.preset if args.train_seed is None else f"{args.preset}-seed{args.train_seed}"
+    run_dir = args.workdir / name
     pipeline_data, unseen = prepare_split(args.data, run_dir / "data", args.unseen_fraction, args.seed)
     if args.max_unseen:
         unseen = unseen.subset(np.arange(min(args.max_unseen, len(unseen))))
@@ -65,7 +70,7 @@ def main() -> int:
         sys.executable, "deepfake_detection.py", "--preset", args.preset, "--data-dir", str(pipeline_data),
         "--checkpoint-dir", str(run_dir / "checkpoints"), "--viz-dir", str(run_dir / "visualizations"),
         "--generated-dir", str(run_dir / "generated"),
-    ]
+    ] + ([] if args.train_seed is None else ["--set", f"seed={args.train_seed}"])
     ensemble_command = [
         sys.executable, "ensemble.py", "--checkpoint-dir", str(run_dir / "checkpoints"),
         "--test-dir", str(args.data / "test"), "--output", str(run_dir / "submission.json"),
@@ -80,15 +85,17 @@ def main() -> int:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "command": "python benchmarks/benchmark.py --preset " + args.preset,
+        "command": "python benchmarks/benchmark.py --preset " + args.preset
+                   + ("" if args.train_seed is None else f" --train-seed {args.train_seed}"),
         "pipeline_command": " ".join(command[1:]).replace(f"{REPO}/", ""),
         "preset": args.preset,
+        "train_seed": args.train_seed,
         "split": {"pipeline_images": count_images(pipeline_data), "unseen_images": len(unseen), "seed": args.seed},
         "stage_seconds": stage_seconds,
         "run": summarise_run(load_results(results_path(run_dir / "checkpoints"))),
         "unseen": scores,
     }
-    write_json(REPO / "benchmarks" / f"results_{args.preset}.json", report)
+    write_json(REPO / "benchmarks" / f"results_{name}.json", report)
     write_results_markdown(REPO / "benchmarks")
     print((REPO / "benchmarks" / "RESULTS.md").read_text())
     return 0
@@ -206,8 +213,10 @@ def write_results_markdown(folder: Path) -> None:
     sections = ["# Benchmark results\n", "Every number below is written by `benchmarks/benchmark.py`; rerun the "
                 "command shown in each section to reproduce it. Data: `../shared/data/synergy25/train` "
                 "(CIFAKE-based challenge data), split once into a pipeline part and an unseen part.\n"]
-    for path in sorted(folder.glob("results_*.json")):
-        sections.append(markdown_section(json.loads(path.read_text())))
+    reports = [json.loads(path.read_text()) for path in folder.glob("results_*.json")]
+    replicate_last = lambda r: (r["preset"], r.get("train_seed") is not None, r.get("train_seed") or 0)  # noqa: E731
+    for report in sorted(reports, key=replicate_last):
+        sections.append(markdown_section(report))
     levers = folder / "LEVERS.md"
     if levers.exists():
         sections.append(levers.read_text())
@@ -217,7 +226,8 @@ def write_results_markdown(folder: Path) -> None:
 def markdown_section(report: dict) -> str:
     pct = lambda value: "n/a" if value is None else f"{100 * value:.1f}"  # noqa: E731
     lines = [
-        f"## Preset `{report['preset']}`\n",
+        f"## Preset `{report['preset']}`"
+        + ("" if report.get("train_seed") is None else f", training seed {report['train_seed']} (a replicate)") + "\n",
         f"- Date: {report['date']}; machine: {report['machine']}",
         f"- Command: `{report['command']}` (runs `python {report['pipeline_command']}`)",
         f"- Images: {report['split']['pipeline_images']} for the pipeline (its own train/validation split inside), "
