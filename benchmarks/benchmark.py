@@ -5,7 +5,9 @@
     python benchmarks/benchmark.py --preset full --train-seed 43   # a replicate: another training seed
 
 Splits ``../shared/data/synergy25/train`` once (stratified, seeded) into a pipeline part, which
-``deepfake_detection.py`` splits again into train/validation for itself, and an unseen part.
+``deepfake_detection.py`` splits again into train/validation for itself, and an unseen part. The
+pipeline also gets the challenge's 500 unlabelled test images (``full`` pseudo-labels them for phase
+2); the unseen part is never among them.
 Then runs ``deepfake_detection.py`` and ``ensemble.py`` as a competitor would and scores every
 final model and the ensemble on the unseen part: clean metrics, PGD-20 at 2/4/8 of 255 (this
 project's attack, and torchattacks' APGD-CE when installed, so gradient masking cannot pass as
@@ -73,7 +75,7 @@ def main() -> int:
     ] + ([] if args.train_seed is None else ["--set", f"seed={args.train_seed}"])
     ensemble_command = [
         sys.executable, "ensemble.py", "--checkpoint-dir", str(run_dir / "checkpoints"),
-        "--test-dir", str(args.data / "test"), "--output", str(run_dir / "submission.json"),
+        "--test-dir", str(pipeline_data / "test"), "--output", str(run_dir / "submission.json"),
     ]
     if not args.skip_training:
         stage_seconds["deepfake_detection.py"] = timed_call(command + ["--force"])
@@ -102,7 +104,8 @@ def main() -> int:
 
 
 def prepare_split(source: Path, target: Path, unseen_fraction: float, seed: int) -> tuple[Path, ImageSet]:
-    """Link (never copy) the pipeline's share of the labelled images into target/train/{real,fake}."""
+    """Link (never copy) the pipeline's share of the labelled images into target/train/{real,fake}, and the
+    unlabelled test folder to target/test, where the pipeline finds the images it pseudo-labels."""
     labelled = load_labelled(source)
     pipeline_idx, unseen_idx = split_indices(labelled.labels, unseen_fraction, seed)
     for label, name in enumerate(("real", "fake")):
@@ -112,6 +115,11 @@ def prepare_split(source: Path, target: Path, unseen_fraction: float, seed: int)
             old.unlink()
         for i in pipeline_idx[labelled.labels[pipeline_idx] == label]:
             (folder / Path(labelled.paths[i]).name).symlink_to(Path(labelled.paths[i]).resolve())
+    test_link = target / "test"
+    if test_link.is_symlink():
+        test_link.unlink()
+    if (source / "test").is_dir():
+        test_link.symlink_to((source / "test").resolve(), target_is_directory=True)
     return target, labelled.subset(unseen_idx)
 
 

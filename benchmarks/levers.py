@@ -10,7 +10,9 @@ on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config f
 the training split (a learning curve; set epochs and ``augment_per_class`` to match). Prints one
 JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and PGD-10 accuracy at
 2/255 and 8/255 before and after phase 2; validation accuracy with flip test-time augmentation and
-under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl.
+under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl. With
+``pseudo_label_confidence`` set (as in ``full``), phase 2 also trains on the test images of
+``--test-dir`` that the model's own base weights call confidently; the pipeline uses its best base model.
 
     python benchmarks/levers.py --table
 
@@ -36,15 +38,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmark import CORRUPTIONS, corrupted_accuracy, write_results_markdown  # noqa: E402  (this folder)
 from deepfake.attacks import pgd  # noqa: E402
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides  # noqa: E402
-from deepfake.data import ImageSet, load_split, split_indices  # noqa: E402
+from deepfake.data import ImageSet, load_split, load_test, split_indices  # noqa: E402
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import build_from_config  # noqa: E402
 from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
+from deepfake.pseudo_labels import pseudo_labelled  # noqa: E402
 from deepfake.samples import augmented_samples  # noqa: E402
 from deepfake.train import base_settings, finetune_settings, seed_everything, train_phase  # noqa: E402
 
 RUN_DIR = REPO / "benchmarks" / "runs" / "full"
+TEST_DIR = REPO.parent / "shared" / "data" / "synergy25" / "test"
 RECORDS = REPO / "benchmarks" / "levers.jsonl"
 LEVERS_MD = REPO / "benchmarks" / "LEVERS.md"
 MARKERS = ("<!-- levers.jsonl table: start -->", "<!-- levers.jsonl table: end -->")
@@ -60,6 +64,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
     parser.add_argument("--finetune", action="store_true", help="also run phase 2 and attack before/after")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    parser.add_argument("--test-dir", type=Path, default=TEST_DIR, help="unlabelled images phase 2 pseudo-labels")
     parser.add_argument("--train-fraction", type=float, default=1.0, metavar="F",
                         help="train on this share of the training split (0 < F <= 1); validation stays whole")
     parser.add_argument("--table", action="store_true", help="only rewrite the table in LEVERS.md")
@@ -97,8 +102,14 @@ def main() -> int:
     }
     if args.finetune:
         record["attack_before"] = attack_accuracy(model, val, device)
+        finetune_pool = pool
+        if config.pseudo_label_confidence:  # labelled by this base model (the pipeline's: its best base model)
+            pseudo = pseudo_labelled(model, load_test(args.test_dir, config.image_size)[0],
+                                     config.pseudo_label_confidence, device)
+            finetune_pool, record["pseudo_labelled"] = ImageSet.concat(pool, pseudo), len(pseudo)
         seed_everything(config.seed)
-        train_phase(model, pool, val, config, finetune_settings(config, args.model), device, label=args.model)
+        train_phase(model, finetune_pool, val, config, finetune_settings(config, args.model), device,
+                    label=args.model)
         record["attack_after"] = attack_accuracy(model, val, device)
         record["final_val_acc_tta"] = tta_accuracy(model, val, device)
         record["corrupted_after"] = corruption_accuracy(model, val, device)

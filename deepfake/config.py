@@ -67,6 +67,9 @@ class Config:
     finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
     finetune_corruption_prob: float = 0.0  # phase 2's corruption share, if above corruption_prob (train.py)
     trades_beta: float = 0.0  # > 0: TRADES-style loss on the adversarial share (train._batch_loss)
+    # > 0: phase 2 also trains on the unlabelled test images that the best base model calls with at least
+    # this confidence (max of p(fake), p(real)), labelled with its calls (deepfake/pseudo_labels.py)
+    pseudo_label_confidence: float = 0.0
     # Generated samples (from the training split only)
     augment_per_class: int = 250
     adversarial_count: int = 400
@@ -97,7 +100,7 @@ TRAINING_KEYS = (
     "corruption_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay", "base_epochs", "patience",
     "select_metric", "warmup_epochs", "label_smoothing", "ema_decay", "max_steps_per_epoch", "finetune_epochs",
     "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps",
-    "finetune_corruption_prob", "trades_beta", "augment_per_class", "adversarial_count",
+    "finetune_corruption_prob", "trades_beta", "pseudo_label_confidence", "augment_per_class", "adversarial_count",
 )
 
 # What the small-data measurements kept (benchmarks/LEVERS.md): augmentation that never resamples pixels,
@@ -162,6 +165,8 @@ def make_config(preset: str = "full", **overrides) -> Config:
             bad += [m for m, _ in (*config.model_lr, *config.model_width) if m not in allowed]
         if bad:
             raise ConfigError(f"unknown {name} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
+    if config.pseudo_label_confidence and not 0.5 <= config.pseudo_label_confidence <= 1:
+        raise ConfigError(f"pseudo_label_confidence is 0 (off) or in [0.5, 1], got {config.pseudo_label_confidence}")
     bad_widths = [f"{m}={w}" for m, w in config.model_width if not w > 0]
     if bad_widths:
         raise ConfigError(f"model_width multipliers must be positive, got {', '.join(bad_widths)}")

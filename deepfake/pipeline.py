@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from .config import TRAINING_KEYS, Config, config_from_dict
-from .data import ImageSet, find_test_dir, load_labelled, resolve_data_dir, save_split, split_indices
+from .data import ImageSet, find_test_dir, load_labelled, load_test, resolve_data_dir, save_split, split_indices
 from .inference import select_device
 from .models import CheckpointError, build_from_config, load_checkpoint, read_checkpoint, save_checkpoint
+from .pseudo_labels import images_digest, pseudo_labelled
 from .results import library_versions, machine_description, results_path, update_results
 from .samples import adversarial_samples, augmented_samples
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, seed_everything, train_phase
@@ -81,6 +82,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
 
     path = results_path(checkpoint_dir)
     test_dir = find_test_dir(data_dir)
+    unlabelled = _images_to_pseudo_label(config, data_dir, test_dir)
 
     def record_run(results: dict) -> None:
         results.update(
@@ -99,6 +101,8 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     update_results(path, record_run)
 
     fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
+    if unlabelled is not None:  # phase 2 learns from the test images too, so other test images mean another model
+        fingerprint += f"-{images_digest(unlabelled)}"
     trainer = _ModelTrainer(config, device, path, fingerprint, force)
     base_ready = [name for name in config.models if trainer.base(name, train_pool, val, timings)]
     if not base_ready:
@@ -109,6 +113,13 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
         adversarial = adversarial_samples(crafting_model, crafted_by, train, config, data_id, device)
     finetune_pool = ImageSet.concat(train_pool, adversarial)
+    if unlabelled is not None:
+        with _timed(timings, "pseudo_labels"):
+            pseudo = pseudo_labelled(crafting_model, unlabelled, config.pseudo_label_confidence, device,
+                                     config.eval_batch_size)
+        log.info("pseudo-labels: %s calls %d of %d test images with confidence >= %s (%d fake); phase 2 trains on them",
+                 crafted_by, len(pseudo), len(unlabelled), config.pseudo_label_confidence, int(pseudo.labels.sum()))
+        finetune_pool = ImageSet.concat(finetune_pool, pseudo)
 
     def record_samples(results: dict) -> None:
         results["data"]["counts"]["adversarial"] = _class_counts(adversarial)
@@ -116,6 +127,12 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
             "crafted_by": crafted_by, "count": len(adversarial), "epsilons": list(config.fgsm_epsilons),
             "dir": str(Path(config.generated_dir) / "adversarial"),
         }
+        if unlabelled is not None:
+            results["data"]["counts"]["pseudo_labelled"] = _class_counts(pseudo)
+            results["pseudo_labels"] = {
+                "labelled_by": crafted_by, "confidence": config.pseudo_label_confidence,
+                "test_images": len(unlabelled), "kept": len(pseudo), "files": pseudo.paths,
+            }
         results["timings"] = timings
 
     update_results(path, record_samples)
@@ -205,6 +222,18 @@ class _ModelTrainer:
         except CheckpointError:
             return False
         return payload.get("metrics", {}).get("fingerprint") == self.fingerprint
+
+
+def _images_to_pseudo_label(config: Config, data_dir: Path, test_dir: Path | None) -> ImageSet | None:
+    """The test images phase 2 pseudo-labels; None when pseudo-labelling is off or there is no test folder."""
+    if not config.pseudo_label_confidence:
+        return None
+    if test_dir is None:
+        log.warning("pseudo_label_confidence is %s but %s has no test/ folder: phase 2 trains without "
+                    "pseudo-labels (add the test images there, or --set pseudo_label_confidence=0)",
+                    config.pseudo_label_confidence, data_dir)
+        return None
+    return load_test(test_dir, config.image_size)[0]
 
 
 def _class_counts(images: ImageSet) -> dict[str, int]:

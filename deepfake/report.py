@@ -60,6 +60,7 @@ def _run_info(results: dict) -> str:
         ("versions", versions or None),
         ("data", results.get("data", {}).get("data_dir")),
         ("adversarial training samples", _crafted(results.get("adversarial_samples"))),
+        ("pseudo-labelled test images (phase 2)", _pseudo_labelled(results.get("pseudo_labels"))),
     ]
     lines = ["## Run", _table(("", "value"), [(key, _text(value)) for key, value in info if value is not None])]
     counts = results.get("data", {}).get("counts", {})
@@ -254,3 +255,10 @@ def _crafted(samples: dict | None) -> str | None:
     if not samples:
         return None
     return f"{samples.get('count')} FGSM images crafted by {samples.get('crafted_by')} at eps {samples.get('epsilons')}"
+
+
+def _pseudo_labelled(pseudo: dict | None) -> str | None:
+    if not pseudo:
+        return None
+    return (f"{pseudo.get('kept')} of {pseudo.get('test_images')} called by {pseudo.get('labelled_by')} "
+            f"with confidence >= {pseudo.get('confidence')}")

@@ -61,6 +61,9 @@ def test_unknown_names_fail_with_the_choices():
         make_config("full", model_width=(("resnet_se", 0),))
     with pytest.raises(ConfigError, match="f1; choose from accuracy, auc"):
         make_config("full", select_metric="f1")
+    with pytest.raises(ConfigError, match=r"pseudo_label_confidence is 0 \(off\) or in \[0.5, 1\], got 0.3"):
+        make_config("full", pseudo_label_confidence=0.3)
+    assert make_config("full", pseudo_label_confidence=0).pseudo_label_confidence == 0.0
 
 
 def test_dict_round_trip_and_fingerprint():
