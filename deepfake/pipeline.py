@@ -233,7 +233,12 @@ def _images_to_pseudo_label(config: Config, data_dir: Path, test_dir: Path | Non
                     "pseudo-labels (add the test images there, or --set pseudo_label_confidence=0)",
                     config.pseudo_label_confidence, data_dir)
         return None
-    return load_test(test_dir, config.image_size)[0]
+    images = load_test(test_dir, config.image_size)[0]
+    if (images.labels >= 0).any():
+        log.warning("%s holds a labelled test set (REAL/FAKE folders), which is scored, so phase 2 does not "
+                    "train on it: no pseudo-labels", test_dir)
+        return None
+    return images
 
 
 def _class_counts(images: ImageSet) -> dict[str, int]:

@@ -8,7 +8,7 @@ from conftest import run_config
 
 from deepfake.config import MODEL_NAMES
 from deepfake.models import load_checkpoint, read_checkpoint
-from deepfake.pipeline import run
+from deepfake.pipeline import _images_to_pseudo_label, run
 from deepfake.report import REPORT_NAME
 from deepfake.results import load_results, results_path
 from deepfake.samples import sample_manifest
@@ -114,10 +114,17 @@ def test_phase_2_trains_on_pseudo_labelled_test_images_and_retrains_when_they_ch
     assert "skipping phase 2" not in caplog.text and "finetune phase" in caplog.text
 
 
-def test_pseudo_labelling_without_a_test_folder_warns_and_trains_without_them(tmp_path, demo_dir, caplog):
+def test_only_an_unlabelled_test_folder_is_pseudo_labelled(tmp_path, demo_dir, caplog):
     data = tmp_path / "data"
     shutil.copytree(demo_dir / "train", data / "train")
+    config = run_config(tmp_path, data, pseudo_label_confidence=0.9)
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, data, models=("resnet_se",), pseudo_label_confidence=0.9))
+        assert _images_to_pseudo_label(config, data, None) is None
     assert "has no test/ folder: phase 2 trains without pseudo-labels" in caplog.text
-    assert "pseudo_labels" not in load_results(results_path(tmp_path / "checkpoints"))
+    shutil.copytree(demo_dir / "train", data / "test")  # test/real + test/fake: a labelled test set, as CIFAKE's
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        assert _images_to_pseudo_label(config, data, data / "test") is None
+    assert "holds a labelled test set (REAL/FAKE folders), which is scored" in caplog.text
+    assert _images_to_pseudo_label(run_config(tmp_path, demo_dir), demo_dir, demo_dir / "test") is None  # off
+    assert len(_images_to_pseudo_label(config, demo_dir, demo_dir / "test")) == len(list((demo_dir / "test").glob("*.png")))
