@@ -117,8 +117,9 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         with _timed(timings, "pseudo_labels"):
             pseudo = pseudo_labelled(crafting_model, unlabelled, config.pseudo_label_confidence, device,
                                      config.eval_batch_size)
-        log.info("pseudo-labels: %s calls %d of %d test images with confidence >= %s (%d fake); phase 2 trains on them",
-                 crafted_by, len(pseudo), len(unlabelled), config.pseudo_label_confidence, int(pseudo.labels.sum()))
+        log.info("pseudo-labels: %s calls %d of %d test images with confidence >= %s (%d fake); phase 2 trains "
+                 "on them", crafted_by, len(pseudo), len(unlabelled), config.pseudo_label_confidence,
+                 int(pseudo.labels.sum()))
         finetune_pool = ImageSet.concat(finetune_pool, pseudo)
 
     def record_samples(results: dict) -> None:
@@ -225,7 +226,8 @@ class _ModelTrainer:
 
 
 def _images_to_pseudo_label(config: Config, data_dir: Path, test_dir: Path | None) -> ImageSet | None:
-    """The test images phase 2 pseudo-labels; None when pseudo-labelling is off or there is no test folder."""
+    """The test images phase 2 pseudo-labels; None when pseudo-labelling is off, there is no test folder, or
+    the test folder is labelled (a scored set must stay unseen)."""
     if not config.pseudo_label_confidence:
         return None
     if test_dir is None:

@@ -127,4 +127,5 @@ def test_only_an_unlabelled_test_folder_is_pseudo_labelled(tmp_path, demo_dir, c
         assert _images_to_pseudo_label(config, data, data / "test") is None
     assert "holds a labelled test set (REAL/FAKE folders), which is scored" in caplog.text
     assert _images_to_pseudo_label(run_config(tmp_path, demo_dir), demo_dir, demo_dir / "test") is None  # off
-    assert len(_images_to_pseudo_label(config, demo_dir, demo_dir / "test")) == len(list((demo_dir / "test").glob("*.png")))
+    test_images = len(list((demo_dir / "test").glob("*.png")))
+    assert len(_images_to_pseudo_label(config, demo_dir, demo_dir / "test")) == test_images
