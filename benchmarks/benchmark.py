@@ -6,8 +6,8 @@
 
 Splits ``../shared/data/synergy25/train`` once (stratified, seeded) into a pipeline part, which
 ``deepfake_detection.py`` splits again into train/validation for itself, and an unseen part. The
-pipeline also gets the challenge's 500 unlabelled test images (``full`` pseudo-labels them for phase
-2); the unseen part is never among them.
+pipeline also gets the challenge's 500 unlabelled test images (which ``pseudo_label_confidence``, off
+in every preset, would pseudo-label for phase 2); the unseen part is never among them.
 Then runs ``deepfake_detection.py`` and ``ensemble.py`` as a competitor would and scores every
 final model and the ensemble on the unseen part: clean metrics, PGD-20 at 2/4/8 of 255 (this
 project's attack, and torchattacks' APGD-CE when installed, so gradient masking cannot pass as

@@ -11,7 +11,7 @@ the training split (a learning curve; set epochs and ``augment_per_class`` to ma
 JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and PGD-10 accuracy at
 2/255 and 8/255 before and after phase 2; validation accuracy with flip test-time augmentation and
 under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl. With
-``pseudo_label_confidence`` set (as in ``full``), phase 2 also trains on the test images of
+``pseudo_label_confidence`` set, phase 2 also trains on the test images of
 ``--test-dir`` that the model's own base weights call confidently; the pipeline uses its best base model.
 
     python benchmarks/levers.py --table

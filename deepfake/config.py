@@ -68,7 +68,8 @@ class Config:
     finetune_corruption_prob: float = 0.0  # phase 2's corruption share, if above corruption_prob (train.py)
     trades_beta: float = 0.0  # > 0: TRADES-style loss on the adversarial share (train._batch_loss)
     # > 0: phase 2 also trains on the unlabelled test images that the best base model calls with at least
-    # this confidence (max of p(fake), p(real)), labelled with its calls (deepfake/pseudo_labels.py)
+    # this confidence (max of p(fake), p(real)), labelled with its calls (deepfake/pseudo_labels.py); off in
+    # every preset: no gain on the pipeline's validation split (benchmarks/LEVERS.md, round 11)
     pseudo_label_confidence: float = 0.0
     # Generated samples (from the training split only)
     augment_per_class: int = 250
@@ -131,9 +132,6 @@ PRESETS: dict[str, dict] = {
         # clean accuracy -0.5 to +1.5); three comparisons each.
         finetune_epochs=12, finetune_lr=3e-4, fgsm_epsilons=(4 / 255, 6 / 255, 8 / 255, 10 / 255),
         eval_epsilons=(0.0, 2 / 255, 4 / 255, 8 / 255),
-        # Robust self-training (round 11): phase 2 also learns from the test images the best base model calls
-        # at >= 0.9; ResNet-SE kept more clean accuracy after phase 2 on both seeds measured.
-        pseudo_label_confidence=0.9,
     ),
     # The original seed notebook's recipe, kept so it can be rerun and compared.
     "seed": {},
