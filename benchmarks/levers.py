@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmark import CORRUPTIONS, corrupted_accuracy, write_results_markdown  # noqa: E402  (this folder)
+from benchmark import CORRUPTIONS, SHARED, corrupted_accuracy, write_results_markdown  # noqa: E402  (this folder)
 from deepfake.attacks import pgd  # noqa: E402
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides  # noqa: E402
 from deepfake.data import ImageSet, load_split, load_test, split_indices  # noqa: E402
@@ -48,7 +48,6 @@ from deepfake.samples import augmented_samples  # noqa: E402
 from deepfake.train import base_settings, finetune_settings, seed_everything, train_phase  # noqa: E402
 
 RUN_DIR = REPO / "benchmarks" / "runs" / "full"
-TEST_DIR = REPO.parent / "shared" / "data" / "synergy25" / "test"
 RECORDS = REPO / "benchmarks" / "levers.jsonl"
 LEVERS_MD = REPO / "benchmarks" / "LEVERS.md"
 MARKERS = ("<!-- levers.jsonl table: start -->", "<!-- levers.jsonl table: end -->")
@@ -64,7 +63,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
     parser.add_argument("--finetune", action="store_true", help="also run phase 2 and attack before/after")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
-    parser.add_argument("--test-dir", type=Path, default=TEST_DIR, help="unlabelled images phase 2 pseudo-labels")
+    parser.add_argument("--test-dir", type=Path, default=SHARED / "test", help="images phase 2 pseudo-labels")
     parser.add_argument("--train-fraction", type=float, default=1.0, metavar="F",
                         help="train on this share of the training split (0 < F <= 1); validation stays whole")
     parser.add_argument("--table", action="store_true", help="only rewrite the table in LEVERS.md")
