@@ -41,6 +41,7 @@ class PhaseSettings:
     patience: int | None  # None: keep the last epoch (no early stopping)
     corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
     bf16: bool = False  # bfloat16 autocast for the training steps; attack crafting and validation stay float32
+    anchor: float = 0.0  # weight of KL(the phase's starting weights || the model) on the clean share (_batch_loss)
 
 
 @dataclass
@@ -65,7 +66,7 @@ def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings
     preset: it helped ResNet-SE under blur but cost the timm models clean accuracy, benchmarks/LEVERS.md)."""
     corruption = max(config.corruption_prob, config.finetune_corruption_prob)
     return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None, corruption,
-                         model in config.bf16_models)
+                         model in config.bf16_models, config.finetune_anchor)
 
 
 def train_phase(
@@ -96,6 +97,7 @@ def train_phase(
     labels = torch.from_numpy(train_set.labels)
     bf16 = settings.bf16 and bf16_is_fast(device)
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    anchor = _frozen_copy(model) if settings.anchor > 0 else None
 
     result = PhaseResult(precision="bfloat16" if bf16 else "float32")
     best_score, best_state, stale = (-1.0, -1.0), None, 0
@@ -110,7 +112,7 @@ def train_phase(
             idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
             with precision:
-                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator)
+                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator, anchor, settings.anchor)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
@@ -206,7 +208,7 @@ def _training_batch(images, labels, idx, transform, seed, device):
     return to_float(to_tensor(augmented), device), labels[idx].to(device)
 
 
-def _batch_loss(model, x, y, adv_ratio, config, generator):
+def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0):
     """(loss, logits of the clean or mixed batch) with the first adv_ratio of the batch crafted against the
     current weights.
 
@@ -215,22 +217,39 @@ def _batch_loss(model, x, y, adv_ratio, config, generator):
     prediction away from its clean one (the soft clean prediction is the attack's target), and the loss is
     cross-entropy on the clean batch plus beta times the KL divergence from clean to adversarial predictions:
     the paper's way to give up less clean accuracy for robustness (here it measured no better: LEVERS.md).
+    With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight`` times the KL divergence from
+    its predictions to the model's on the clean images is added, so phase 2 gives up fewer of the base model's
+    clean calls (``config.finetune_anchor``).
     """
     n_adv = int(round(len(x) * adv_ratio))
     smoothing = config.label_smoothing
     if n_adv == 0:
         logits = model(x)
-        return F.cross_entropy(logits, y, label_smoothing=smoothing), logits
-    if config.trades_beta <= 0:
+        loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x, logits
+    elif config.trades_beta <= 0:
         mixed = torch.cat([_adversarial(model, x[:n_adv], y[:n_adv], config, generator), x[n_adv:]])
         logits = model(mixed)
-        return F.cross_entropy(logits, y, label_smoothing=smoothing), logits
-    with torch.no_grad(), eval_mode(model):
-        clean_prediction = model(x[:n_adv]).softmax(1)
-    adversarial = _adversarial(model, x[:n_adv], clean_prediction, config, generator)
-    logits, adversarial_logits = model(torch.cat([x, adversarial])).split([len(x), n_adv])
-    divergence = F.kl_div(adversarial_logits.log_softmax(1), logits[:n_adv].softmax(1), reduction="sum") / len(x)
-    return F.cross_entropy(logits, y, label_smoothing=smoothing) + config.trades_beta * divergence, logits
+        loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x[n_adv:], logits[n_adv:]
+    else:
+        with torch.no_grad(), eval_mode(model):
+            clean_prediction = model(x[:n_adv]).softmax(1)
+        adversarial = _adversarial(model, x[:n_adv], clean_prediction, config, generator)
+        logits, adversarial_logits = model(torch.cat([x, adversarial])).split([len(x), n_adv])
+        divergence = F.kl_div(adversarial_logits.log_softmax(1), logits[:n_adv].softmax(1), reduction="sum") / len(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing) + config.trades_beta * divergence
+        clean, clean_logits = x, logits
+    if anchor is not None:
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            target = anchor(clean).softmax(1)
+        loss = loss + anchor_weight * F.kl_div(clean_logits.float().log_softmax(1), target, reduction="batchmean")
+    return loss, logits
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as it is now, in eval mode and without gradients: phase 2's anchor to its starting weights."""
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    return frozen
 
 
 def _adversarial(model, images, targets, config, generator):

@@ -1,4 +1,5 @@
 """The training loop: adversarial fine-tuning must buy robustness; divergence must stop cleanly."""
+import copy
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,9 @@ from deepfake.config import make_config
 from deepfake.data import load_labelled, split_indices, train_transform
 from deepfake.demo_data import build_demo_dataset
 from deepfake.inference import as_nchw_uint8, count_correct, to_float
-from deepfake.train import NonFiniteLossError, _adversarial, _batch_loss, base_settings, finetune_settings, train_phase
+from deepfake.train import (
+    NonFiniteLossError, _adversarial, _batch_loss, _frozen_copy, base_settings, finetune_settings, train_phase,
+)
 
 CPU = torch.device("cpu")
 
@@ -185,3 +188,39 @@ def test_bf16_falls_back_to_float32_with_a_warning_without_native_support(monkey
     finally:
         train_module.bf16_is_fast.cache_clear()
     assert "no native bfloat16" in caplog.text
+
+
+def test_anchor_term_is_zero_at_the_starting_weights(toy_split):
+    train, _ = toy_split
+    x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
+    model = toy_model().eval()
+    config = make_config("tiny", fgsm_epsilons=(8 / 255,), finetune_attack_steps=3)
+    plain, _ = _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0))
+    anchored, _ = _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0), _frozen_copy(model), 5.0)
+    assert anchored.item() == pytest.approx(plain.item(), abs=1e-5)
+    moved = toy_model().eval()
+    with torch.no_grad():
+        moved[-1].bias.add_(torch.tensor([1.0, -1.0]))
+    drifted, _ = _batch_loss(moved, x, y, 0.3, config, torch.Generator().manual_seed(0), _frozen_copy(model), 5.0)
+    undrifted, _ = _batch_loss(moved, x, y, 0.3, config, torch.Generator().manual_seed(0))
+    assert drifted.item() > undrifted.item() + 0.1, "moving away from the anchor's clean calls must cost loss"
+
+
+def test_finetune_anchor_keeps_more_of_the_base_models_clean_calls(toy_split):
+    train, val = toy_split
+    config = make_config("tiny", batch_size=32, base_epochs=15, patience=15, finetune_epochs=6, lr=3e-3,
+                         finetune_lr=3e-3, max_steps_per_epoch=0, fgsm_epsilons=(0.1,))
+    base = toy_model()
+    train_phase(base, train, val, config, base_settings(config), CPU, "toy")
+    x = to_float(as_nchw_uint8(val.images), CPU)
+    with torch.no_grad():
+        base_calls = base.eval()(x).argmax(1)
+    kept = {}
+    for weight in (0.0, 5.0):
+        anchored = replace(config, finetune_anchor=weight)
+        assert finetune_settings(anchored).anchor == weight and base_settings(anchored).anchor == 0
+        model = copy.deepcopy(base)
+        train_phase(model, train, val, anchored, finetune_settings(anchored), CPU, "toy")
+        with torch.no_grad():
+            kept[weight] = (model.eval()(x).argmax(1) == base_calls).float().mean().item()
+    assert kept[5.0] > kept[0.0] + 0.05, f"share of the base model's calls kept: {kept}"
