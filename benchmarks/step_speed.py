@@ -1,0 +1,144 @@
+"""Training-step speed of each model as the ``full`` preset builds it, eager or compiled, float32 or bfloat16.
+
+    python benchmarks/step_speed.py            # all three models, about 10 minutes on 2 cores
+    python benchmarks/step_speed.py --models resnet_se --seconds 5
+
+The CPU-speed levers of benchmarks/LEVERS.md (bf16 autocast per model, round 7; ``torch.compile``,
+round 13) rest on these numbers. A compiled model pays for compilation before its first training step
+and again in evaluation mode, so the table shows both costs next to the steady rate; each variant runs
+in a fresh process with an empty compiler cache, as a first run would. Random pixels, AdamW and the
+preset's batch size and label smoothing: a phase-1 step costs the same whatever the images show.
+Writes benchmarks/STEP_SPEED.md.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+INDUCTOR_CACHE = tempfile.mkdtemp(prefix="step_speed_inductor_")  # compile cold, as a first run does
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE
+atexit.register(shutil.rmtree, INDUCTOR_CACHE, ignore_errors=True)
+
+from deepfake.config import MODEL_NAMES, Config, make_config  # noqa: E402
+from deepfake.io import write_text  # noqa: E402
+from deepfake.models import build_from_config  # noqa: E402
+from deepfake.pipeline import setup_runtime  # noqa: E402
+from deepfake.results import machine_description  # noqa: E402
+from deepfake.train import bf16_is_fast  # noqa: E402
+
+OUTPUT = REPO / "benchmarks" / "STEP_SPEED.md"
+EVAL_IMAGES = 196  # the benchmark's validation split: one evaluation batch
+
+
+def step_speed(name: str, config: Config, device: torch.device, bf16: bool, compiled: bool,
+               seconds: float) -> dict[str, float]:
+    """Seconds to the first training step and to the first evaluation batch, and training images per second."""
+    torch._dynamo.reset()  # no graph compiled for an earlier variant may serve this one
+    torch.manual_seed(config.seed)
+    model = build_from_config(name, config).to(device)
+    run = torch.compile(model) if compiled else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    x = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device)
+    y = torch.randint(0, 2, (config.batch_size,), device=device)
+
+    def train_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(run(x), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    started = time.perf_counter()
+    train_step()
+    first_step = time.perf_counter() - started
+    train_step()  # warm caches (and, compiled, any second graph) before timing
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        train_step()
+        images += config.batch_size
+    rate = images / (time.perf_counter() - started)
+    model.eval()
+    started = time.perf_counter()
+    with torch.no_grad():
+        run(torch.rand(EVAL_IMAGES, 3, config.image_size, config.image_size, device=device))
+    return {"first_step_s": first_step, "images_per_second": rate, "first_eval_s": time.perf_counter() - started}
+
+
+def measure_in_subprocess(name: str, bf16: bool, compiled: bool, seconds: float) -> dict[str, float]:
+    """One variant in a fresh process: a cold compiler cache and no kernels left over from another variant."""
+    variant = f"{name}:{'bfloat16' if bf16 else 'float32'}:{'compiled' if compiled else 'eager'}"
+    done = subprocess.run([sys.executable, __file__, "--variant", variant, "--seconds", str(seconds)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma list")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed training per variant")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # MODEL:PRECISION:MODE, one measurement as JSON
+    args = parser.parse_args()
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" on every compile
+    config = make_config("full")
+    device = setup_runtime(config)
+    if args.variant:
+        name, precision, mode = args.variant.split(":")
+        print(json.dumps(step_speed(name, config, device, precision == "bfloat16", mode == "compiled", args.seconds)))
+        return 0
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
+    precisions = [False, True] if bf16_is_fast(device) else [False]
+    rows = []
+    for name in models:
+        for bf16 in precisions:
+            for compiled in (False, True):
+                speed = measure_in_subprocess(name, bf16, compiled, args.seconds)
+                rows.append(f"| {name} | {'bfloat16' if bf16 else 'float32'} | {'compiled' if compiled else 'eager'} "
+                            f"| {speed['images_per_second']:.0f} | {speed['first_step_s']:.1f} "
+                            f"| {speed['first_eval_s']:.1f} |")
+                print(rows[-1], flush=True)
+    in_full = ", ".join(config.bf16_models)
+    command = "python benchmarks/step_speed.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
+    write_text(args.output, "\n".join([
+        "# Training-step speed\n",
+        f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}; "
+        f"torch {torch.__version__}, Python {platform.python_version()}",
+        f"- Command: `{command}` (models as the `full` preset builds them, batch {config.batch_size}, "
+        f"{config.image_size}x{config.image_size}, {torch.get_num_threads()} threads; `full` trains "
+        f"{in_full} in bfloat16, every model eager)",
+        "- Columns: steady training images per second; seconds to the first training step and to the first "
+        f"evaluation batch of {EVAL_IMAGES} images, where a compiled model compiles (each row in a fresh process "
+        "with an empty compiler cache, as a first run has)\n",
+        "| model | precision | mode | train img/s | first step s | first eval s |",
+        "|---|---|---|---:|---:|---:|",
+        *rows, "",
+    ]))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
