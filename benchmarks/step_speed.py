@@ -32,9 +32,6 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-INDUCTOR_CACHE = tempfile.mkdtemp(prefix="step_speed_inductor_")  # compile cold, as a first run does
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE
-atexit.register(shutil.rmtree, INDUCTOR_CACHE, ignore_errors=True)
 
 from deepfake.config import MODEL_NAMES, Config, make_config  # noqa: E402
 from deepfake.io import write_text  # noqa: E402
@@ -50,7 +47,6 @@ EVAL_IMAGES = 196  # the benchmark's validation split: one evaluation batch
 def step_speed(name: str, config: Config, device: torch.device, bf16: bool, compiled: bool,
                seconds: float) -> dict[str, float]:
     """Seconds to the first training step and to the first evaluation batch, and training images per second."""
-    torch._dynamo.reset()  # no graph compiled for an earlier variant may serve this one
     torch.manual_seed(config.seed)
     model = build_from_config(name, config).to(device)
     run = torch.compile(model) if compiled else model
@@ -82,9 +78,8 @@ def step_speed(name: str, config: Config, device: torch.device, bf16: bool, comp
     return {"first_step_s": first_step, "images_per_second": rate, "first_eval_s": time.perf_counter() - started}
 
 
-def measure_in_subprocess(name: str, bf16: bool, compiled: bool, seconds: float) -> dict[str, float]:
-    """One variant in a fresh process: a cold compiler cache and no kernels left over from another variant."""
-    variant = f"{name}:{'bfloat16' if bf16 else 'float32'}:{'compiled' if compiled else 'eager'}"
+def measure_in_subprocess(variant: str, seconds: float) -> dict[str, float]:
+    """One MODEL:PRECISION:MODE variant in a fresh process, so no kernel compiled for another one serves it."""
     done = subprocess.run([sys.executable, __file__, "--variant", variant, "--seconds", str(seconds)],
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -103,6 +98,9 @@ def main() -> int:
     config = make_config("full")
     device = setup_runtime(config)
     if args.variant:
+        cache = tempfile.mkdtemp(prefix="step_speed_inductor_")  # compile cold, as a first run does
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read when torch compiles, not at import
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
         name, precision, mode = args.variant.split(":")
         print(json.dumps(step_speed(name, config, device, precision == "bfloat16", mode == "compiled", args.seconds)))
         return 0
@@ -110,15 +108,14 @@ def main() -> int:
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
-    precisions = [False, True] if bf16_is_fast(device) else [False]
+    precisions = ["float32", "bfloat16"] if bf16_is_fast(device) else ["float32"]
     rows = []
     for name in models:
-        for bf16 in precisions:
-            for compiled in (False, True):
-                speed = measure_in_subprocess(name, bf16, compiled, args.seconds)
-                rows.append(f"| {name} | {'bfloat16' if bf16 else 'float32'} | {'compiled' if compiled else 'eager'} "
-                            f"| {speed['images_per_second']:.0f} | {speed['first_step_s']:.1f} "
-                            f"| {speed['first_eval_s']:.1f} |")
+        for precision in precisions:
+            for mode in ("eager", "compiled"):
+                speed = measure_in_subprocess(f"{name}:{precision}:{mode}", args.seconds)
+                rows.append(f"| {name} | {precision} | {mode} | {speed['images_per_second']:.0f} "
+                            f"| {speed['first_step_s']:.1f} | {speed['first_eval_s']:.1f} |")
                 print(rows[-1], flush=True)
     in_full = ", ".join(config.bf16_models)
     command = "python benchmarks/step_speed.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
