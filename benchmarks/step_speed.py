@@ -118,7 +118,7 @@ def main() -> int:
                             f"| {speed['first_step_s']:.1f} | {speed['first_eval_s']:.1f} |")
                 print(rows[-1], flush=True)
     in_full = ", ".join(config.bf16_models)
-    command = "python benchmarks/step_speed.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
+    command = " ".join(["python benchmarks/step_speed.py", *sys.argv[1:]])
     write_text(args.output, "\n".join([
         "# Training-step speed\n",
         f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}; "
