@@ -1,0 +1,108 @@
+"""What each way of combining a run's models scores on that run's validation split, clean and corrupted.
+
+    python benchmarks/ensemble_schemes.py                      # the `full` benchmark runs, seeds 42 and 43
+    python benchmarks/ensemble_schemes.py benchmarks/runs/quick
+
+The issue's lever "ensemble weighting and thresholds chosen on validation only", measured where the
+choice may be made: for every weighting ``ensemble.py --weights`` offers, and for each model alone (what
+``ensemble.py --checkpoints FILE`` submits), the validation accuracy at the cut ``ensemble.py`` would
+choose, the same with each image called at a cut chosen on the other folds (the honest figure), and the
+accuracy under the benchmark's JPEG, noise and blur at the chosen cut. Runs are the folders that
+``benchmarks/benchmark.py`` leaves under ``benchmarks/runs/``; no unseen image is read. Writes
+benchmarks/ENSEMBLE_SCHEMES.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmark import CORRUPTIONS  # noqa: E402  (this folder)
+from deepfake.config import WEIGHT_SCHEMES  # noqa: E402
+from deepfake.corruptions import apply_corruption  # noqa: E402
+from deepfake.data import load_split  # noqa: E402
+from deepfake.ensemble import choose_threshold, crossfit_accuracy, ensemble_weights, weighted_fake_proba  # noqa: E402
+from deepfake.errors import DeepfakeError, report_errors  # noqa: E402
+from deepfake.inference import predict_fake_proba  # noqa: E402
+from deepfake.io import write_text  # noqa: E402
+from deepfake.metrics import classification_metrics  # noqa: E402
+from deepfake.models import load_checkpoint  # noqa: E402
+from deepfake.pipeline import SPLIT_NAME  # noqa: E402
+from deepfake.results import load_results, machine_description, results_path  # noqa: E402
+
+DEFAULT_RUNS = ("benchmarks/runs/full", "benchmarks/runs/full-seed43")
+OUTPUT = REPO / "benchmarks" / "ENSEMBLE_SCHEMES.md"
+CONDITIONS = ("clean", *CORRUPTIONS)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", default=list(DEFAULT_RUNS), help="benchmark run folders")
+    args = parser.parse_args()
+    return report_errors(lambda: write_report(args.runs))
+
+
+def write_report(runs: list[str]) -> None:
+    command = " ".join(["python benchmarks/ensemble_schemes.py", *(r for r in runs if tuple(runs) != DEFAULT_RUNS)])
+    lines = [
+        "# Ensemble weightings on validation\n",
+        f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}",
+        f"- Command: `{command}`",
+        "- Each run's own validation split (never the unseen part). Cut: the fake-probability cut with the best "
+        "validation accuracy, as `ensemble.py` chooses it. Cross-fit: each image called at a cut chosen on the "
+        "other 4/5 of the images, what the choice is worth on images it did not see. JPEG q40, noise 0.08 and "
+        "blur 1.0: accuracy on corrupted copies of the validation images, at the chosen cut.\n",
+    ]
+    for run in map(Path, runs):
+        lines += [f"## `{run.as_posix()}`\n", *scheme_table(run), ""]
+    write_text(OUTPUT, "\n".join(lines))
+    print(f"wrote {OUTPUT}")
+
+
+def scheme_table(run: Path) -> list[str]:
+    """One row per single model and per weighting of all of them."""
+    checkpoints = run / "checkpoints"
+    if not results_path(checkpoints).exists():
+        raise DeepfakeError(f"no benchmark run in {run}: make it with `python benchmarks/benchmark.py --preset full` "
+                            "(add `--train-seed 43` for benchmarks/runs/full-seed43), or name another run folder")
+    results = load_results(results_path(checkpoints))
+    _, val, _ = load_split(checkpoints / SPLIT_NAME)
+    tta = bool(results["config"].get("tta_flip"))
+    finals = {name: entry["checkpoints"]["final"] for name, entry in results["models"].items()
+              if "final" in entry.get("checkpoints", {})}
+    metrics = {name: results["models"][name]["val"]["final"] for name in finals}
+    probs = {condition: {} for condition in CONDITIONS}
+    for name, path in finals.items():
+        model = load_checkpoint(checkpoints / Path(path).name)
+        for condition in CONDITIONS:
+            images = val.images if condition == "clean" else apply_corruption(val.images, *CORRUPTIONS[condition], seed=0)
+            probs[condition][name] = predict_fake_proba(model, images, tta_flip=tta)
+    candidates = {f"{name} alone": {n: float(n == name) for n in finals} for name in finals}
+    candidates |= {f"all, `--weights {scheme}`": ensemble_weights(metrics, scheme) for scheme in WEIGHT_SCHEMES}
+    rows = ["| members | weights | cut | val acc at cut | cross-fit | JPEG q40 | noise 0.08 | blur 1.0 |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for label, weights in candidates.items():
+        combined = {c: weighted_fake_proba(probs[c], weights) for c in CONDITIONS}
+        cut = choose_threshold(val.labels, combined["clean"])
+        accuracy = {c: classification_metrics(val.labels, combined[c], cut)["accuracy"] for c in CONDITIONS}
+        shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items() if w > 0)
+        rows.append(f"| {label} | {shown} | {cut:.3f} | {percent(accuracy['clean'])} | "
+                    f"{percent(crossfit_accuracy(val.labels, combined['clean']))} | "
+                    + " | ".join(percent(accuracy[c]) for c in CORRUPTIONS) + " |")
+    return [f"{len(val)} validation images; validation accuracy recorded by the run: "
+            + ", ".join(f"{n} {percent(m['accuracy'])}" for n, m in metrics.items()) + ".\n", *rows]
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
