@@ -1,12 +1,13 @@
 """The submission: a validation-weighted average of the trained detectors' fake probabilities.
 
 load run -> weigh -> predict -> write. Detectors with different architectures make partly
-independent mistakes, so their averaged probability is steadier than any one of them; weighting
-by validation score keeps a weak member from dragging the average down, and a cut chosen on
-validation corrects a lean the members share (towards "fake" in the benchmark runs). Every
-submission gets a meta file naming the exact checkpoints (sha256), weights and cut behind it, and
-the ensemble is scored next to each single model on the run's validation split, so a leaderboard
-score can be traced back to its models and checked against them.
+independent mistakes, so their averaged probability can be steadier than any one of them; a cut
+chosen on validation corrects a lean the members share (towards "fake" in the benchmark runs).
+Accuracy weights differ little between members, so a weak member can still drag the average
+below the strongest one (it does in the `full` benchmark runs); the run then says which model to
+submit. Every submission gets a meta file naming the exact checkpoints (sha256), weights and cut
+behind it, and the ensemble is scored next to each single model on the run's validation split, so
+a leaderboard score can be traced back to its models and checked against them.
 """
 from __future__ import annotations
 
@@ -163,6 +164,20 @@ def choose_threshold(labels: np.ndarray, fake_probs: np.ndarray) -> float:
     return float(best[np.argmin(np.abs(best - THRESHOLD))])
 
 
+def better_single(single: dict[str, dict], ensemble_accuracy: float) -> str | None:
+    """The member whose validation accuracy beats the ensemble's, if one does.
+
+    A weak member can pull the average below the strongest one (the `full` benchmark runs: round 14 of
+    benchmarks/LEVERS.md); the competitor should hear so when it happens, with the fix. Single models are
+    scored at 0.5, a cut chosen on nothing, so pass the ensemble's accuracy with its cut chosen on other
+    folds where there is one.
+    """
+    if len(single) < 2:
+        return None
+    name = max(single, key=lambda n: single[n]["accuracy"])
+    return name if single[name]["accuracy"] > ensemble_accuracy else None
+
+
 def crossfit_accuracy(labels: np.ndarray, fake_probs: np.ndarray, seed: int = 0) -> float | None:
     """Validation accuracy with each image called at a cut chosen on the other folds.
 
@@ -308,6 +323,9 @@ def run_ensemble(
         "val_accuracy_crossfit": crossfit_accuracy(val.labels, val_probs) if chosen else None,
     }
     test_scores = score(test.labels, probs["test"], test_probs, threshold) if _is_labelled(test) else None
+    crossfit = threshold_check["val_accuracy_crossfit"]
+    honest = val_scores["ensemble"]["accuracy"] if crossfit is None else crossfit
+    stronger = better_single(val_scores["single"], honest)
 
     # Write
     rows = submission_rows(indices, test_probs, threshold)
@@ -332,6 +350,10 @@ def run_ensemble(
         "tta_flip": config.tta_flip,
         "n_val": len(val),
         "val": val_scores,
+        "better_single": None if stronger is None else {
+            "name": stronger, "checkpoint": str(next(m.checkpoint for m in members if m.name == stronger)),
+            "val_accuracy": val_scores["single"][stronger]["accuracy"], "ensemble_val_accuracy": honest,
+        },
         "test": test_scores,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -355,6 +377,7 @@ def record_ensemble(checkpoint_dir: Path, viz_dir: str | Path, meta: dict) -> No
         "val": meta["val"]["ensemble"],
         "threshold_check": meta["threshold_check"],
         "single": meta["val"]["single"],
+        "better_single": meta["better_single"],
         "n_val": meta["n_val"],
         **({"test": meta["test"]} if meta["test"] else {}),
         "submission": meta["submission"],
@@ -377,6 +400,11 @@ def _log_outcome(meta: dict) -> None:
     log.info("ensemble threshold %.4f (%s); validation accuracy at 0.5: %.4f%s", meta["threshold"],
              meta["threshold_from"], check["val_accuracy_at_0.5"],
              "" if crossfit is None else f", with the cut chosen on the other folds: {crossfit:.4f}")
+    better = meta["better_single"]
+    if better:
+        log.warning("on validation %s alone (accuracy %.4f) beats this ensemble (%.4f): `python ensemble.py "
+                    "--checkpoints %s` submits it", better["name"], better["val_accuracy"],
+                    better["ensemble_val_accuracy"], better["checkpoint"])
     for split, label in (("val", "validation"), ("test", "labelled test")):
         if meta[split]:
             for name, metrics in {"ensemble": meta[split]["ensemble"], **meta[split]["single"]}.items():

@@ -116,6 +116,11 @@ def _ensemble(ensemble: dict | None) -> str:
                      f"({ensemble['threshold_from']}; the single models from 0.5). Validation accuracy at 0.5: "
                      f"{_num(check['val_accuracy_at_0.5'])}" + ("" if crossfit is None else
                      f"; with each image called at a cut chosen on the other folds: {_num(crossfit)}") + ".")
+    better = ensemble.get("better_single")
+    if better:
+        lines.append(f"On validation {better['name']} alone ({_num(better['val_accuracy'])}) beats the ensemble "
+                     f"({_num(better['ensemble_val_accuracy'])}): `python ensemble.py --checkpoints "
+                     f"{better['checkpoint']}` submits it.")
     if ensemble.get("test"):
         test = ensemble["test"]
         rows = [("**ensemble**", *(_num(test["ensemble"].get(m)) for m in CLEAN_METRICS))]

@@ -13,8 +13,8 @@ import pytest
 from deepfake.config import MODEL_NAMES
 from deepfake.data import file_number, list_image_files, load_images
 from deepfake.ensemble import (
-    EnsembleError, choose_threshold, crossfit_accuracy, ensemble_weights, explicit_members, submission_rows,
-    weighted_fake_proba,
+    EnsembleError, better_single, choose_threshold, crossfit_accuracy, ensemble_weights, explicit_members,
+    submission_rows, weighted_fake_proba,
 )
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
@@ -109,6 +109,14 @@ def test_crossfit_accuracy_rewards_a_real_shift_and_not_noise():
     assert crossfit_accuracy(labels[96:], noise[96:]) is None  # 4 real images: fewer than the folds
 
 
+def test_better_single_is_the_strongest_member_only_when_it_beats_the_ensemble():
+    single = {"a": {"accuracy": 0.80}, "b": {"accuracy": 0.91}, "c": {"accuracy": 0.88}}
+    assert better_single(single, 0.878) == "b"
+    assert better_single(single, 0.91) is None  # a tie is no reason to drop the average
+    assert better_single(single, 0.95) is None
+    assert better_single({"b": {"accuracy": 0.91}}, 0.5) is None  # one member: it is the ensemble
+
+
 def test_submission_rows_are_the_exact_schema_sorted_by_index():
     rows = submission_rows([10, 2, 1, 7], np.array([0.9, 0.1, 0.5, 0.49]))
     assert rows == [
@@ -164,6 +172,17 @@ def test_ensemble_of_the_training_run_writes_submission_meta_probabilities_and_r
     assert ensemble["threshold"] == meta["threshold"] and ensemble["threshold_check"] == meta["threshold_check"]
     assert ensemble["val"]["accuracy"] >= ensemble["threshold_check"]["val_accuracy_at_0.5"]
     assert "Ensemble vs single models" in (tmp_path / "visualizations" / REPORT_NAME).read_text()
+    crossfit = meta["threshold_check"]["val_accuracy_crossfit"]
+    honest = meta["val"]["ensemble"]["accuracy"] if crossfit is None else crossfit
+    best = max(meta["val"]["single"], key=lambda n: meta["val"]["single"][n]["accuracy"])
+    if meta["val"]["single"][best]["accuracy"] > honest:
+        assert meta["better_single"] == {"name": best, "checkpoint": members[best]["checkpoint"],
+                                         "val_accuracy": meta["val"]["single"][best]["accuracy"],
+                                         "ensemble_val_accuracy": honest}
+        assert f"--checkpoints {members[best]['checkpoint']}` submits it" in caplog.text
+    else:
+        assert meta["better_single"] is None and "submits it" not in caplog.text
+    assert ensemble["better_single"] == meta["better_single"]
     assert (tmp_path / "visualizations" / OVERVIEW_NAME).exists()
 
 

@@ -72,6 +72,13 @@ def test_overview_and_report_without_and_with_an_ensemble(results, tmp_path):
     report = write_report(results, tmp_path).read_text()
     assert "fake from probability 0.6250 (validation" in report
     assert "at 0.5: 0.9000; with each image called at a cut chosen on the other folds: 0.9500." in report
+    assert "beats the ensemble" not in report
+
+    results["ensemble"]["better_single"] = {"name": "toy", "checkpoint": "ck/toy_final.pt", "val_accuracy": 0.97,
+                                            "ensemble_val_accuracy": 0.95}
+    report = write_report(results, tmp_path).read_text()
+    assert "On validation toy alone (0.9700) beats the ensemble (0.9500): `python ensemble.py --checkpoints " \
+           "ck/toy_final.pt` submits it." in report
 
 
 def test_report_before_any_evaluation(tmp_path):
