@@ -172,18 +172,32 @@ def test_ensemble_of_the_training_run_writes_submission_meta_probabilities_and_r
     assert ensemble["threshold"] == meta["threshold"] and ensemble["threshold_check"] == meta["threshold_check"]
     assert ensemble["val"]["accuracy"] >= ensemble["threshold_check"]["val_accuracy_at_0.5"]
     assert "Ensemble vs single models" in (tmp_path / "visualizations" / REPORT_NAME).read_text()
-    crossfit = meta["threshold_check"]["val_accuracy_crossfit"]
-    honest = meta["val"]["ensemble"]["accuracy"] if crossfit is None else crossfit
-    best = max(meta["val"]["single"], key=lambda n: meta["val"]["single"][n]["accuracy"])
-    if meta["val"]["single"][best]["accuracy"] > honest:
-        assert meta["better_single"] == {"name": best, "checkpoint": members[best]["checkpoint"],
-                                         "val_accuracy": meta["val"]["single"][best]["accuracy"],
-                                         "ensemble_val_accuracy": honest}
-        assert f"--checkpoints {members[best]['checkpoint']}` submits it" in caplog.text
-    else:
-        assert meta["better_single"] is None and "submits it" not in caplog.text
-    assert ensemble["better_single"] == meta["better_single"]
     assert (tmp_path / "visualizations" / OVERVIEW_NAME).exists()
+
+
+def test_a_model_that_beats_the_ensemble_on_validation_is_named_with_the_command(run_dir, tmp_path, caplog,
+                                                                                 monkeypatch):
+    asked = {}
+
+    def resnet_wins(single, ensemble_accuracy):
+        asked.update(single=single, ensemble_accuracy=ensemble_accuracy)
+        return "resnet_se"
+
+    monkeypatch.setattr("deepfake.ensemble.better_single", resnet_wins)
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        assert run_cli(run_dir, tmp_path / "submission.json") == 0
+
+    meta = read_json(tmp_path / "submission.meta.json")
+    crossfit = meta["threshold_check"]["val_accuracy_crossfit"]
+    assert asked == {"single": meta["val"]["single"],
+                     "ensemble_accuracy": meta["val"]["ensemble"]["accuracy"] if crossfit is None else crossfit}
+    checkpoint = next(m["checkpoint"] for m in meta["members"] if m["name"] == "resnet_se")
+    assert meta["better_single"] == {"name": "resnet_se", "checkpoint": checkpoint,
+                                     "val_accuracy": meta["val"]["single"]["resnet_se"]["accuracy"],
+                                     "ensemble_val_accuracy": asked["ensemble_accuracy"]}
+    command = f"`python ensemble.py --checkpoints {checkpoint}` submits it"
+    assert command in caplog.text and command in (tmp_path / "visualizations" / REPORT_NAME).read_text()
+    assert load_results(results_path(run_dir))["ensemble"]["better_single"] == meta["better_single"]
 
 
 def test_submission_follows_the_number_in_each_file_name(run_dir, resnet_checkpoint, demo_images, tmp_path):
