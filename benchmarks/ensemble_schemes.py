@@ -28,7 +28,9 @@ from benchmark import CORRUPTIONS  # noqa: E402  (this folder)
 from deepfake.config import WEIGHT_SCHEMES  # noqa: E402
 from deepfake.corruptions import apply_corruption  # noqa: E402
 from deepfake.data import load_split  # noqa: E402
-from deepfake.ensemble import choose_threshold, crossfit_accuracy, ensemble_weights, weighted_fake_proba  # noqa: E402
+from deepfake.ensemble import (  # noqa: E402
+    choose_threshold, crossfit_accuracy, ensemble_weights, run_members, weighted_fake_proba,
+)
 from deepfake.errors import DeepfakeError, report_errors  # noqa: E402
 from deepfake.inference import predict_fake_proba  # noqa: E402
 from deepfake.io import write_text  # noqa: E402
@@ -75,16 +77,16 @@ def scheme_table(run: Path) -> list[str]:
     results = load_results(results_path(checkpoints))
     _, val, _ = load_split(checkpoints / SPLIT_NAME)
     tta = bool(results["config"].get("tta_flip"))
-    finals = {name: entry["checkpoints"]["final"] for name, entry in results["models"].items()
-              if "final" in entry.get("checkpoints", {})}
-    metrics = {name: results["models"][name]["val"]["final"] for name in finals}
+    members = run_members(results, checkpoints)
+    metrics = {member.name: member.val_metrics for member in members}
+    images = {c: val.images if c == "clean" else apply_corruption(val.images, *CORRUPTIONS[c], seed=0)
+              for c in CONDITIONS}
     probs = {condition: {} for condition in CONDITIONS}
-    for name, path in finals.items():
-        model = load_checkpoint(checkpoints / Path(path).name)
+    for member in members:
+        model = load_checkpoint(member.checkpoint)
         for condition in CONDITIONS:
-            images = val.images if condition == "clean" else apply_corruption(val.images, *CORRUPTIONS[condition], seed=0)
-            probs[condition][name] = predict_fake_proba(model, images, tta_flip=tta)
-    candidates = {f"{name} alone": {n: float(n == name) for n in finals} for name in finals}
+            probs[condition][member.name] = predict_fake_proba(model, images[condition], tta_flip=tta)
+    candidates = {f"{name} alone": {n: float(n == name) for n in metrics} for name in metrics}
     candidates |= {f"all, `--weights {scheme}`": ensemble_weights(metrics, scheme) for scheme in WEIGHT_SCHEMES}
     rows = ["| members | weights | cut | val acc at cut | cross-fit | JPEG q40 | noise 0.08 | blur 1.0 |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
