@@ -48,11 +48,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=list(DEFAULT_RUNS), help="benchmark run folders")
     args = parser.parse_args()
-    return report_errors(lambda: write_report(args.runs))
+    command = " ".join(["python benchmarks/ensemble_schemes.py", *sys.argv[1:]])  # as typed, like step_speed.py
+    return report_errors(lambda: write_report(args.runs, command))
 
 
-def write_report(runs: list[str]) -> None:
-    command = " ".join(["python benchmarks/ensemble_schemes.py", *(r for r in runs if tuple(runs) != DEFAULT_RUNS)])
+def write_report(runs: list[str], command: str) -> None:
     lines = [
         "# Ensemble weightings on validation\n",
         f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}",
