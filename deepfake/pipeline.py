@@ -58,8 +58,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
 
     if evaluate_only:
         # Re-evaluate the run as it was configured; only where it lives and where to compute may differ.
-        recorded = replace(load_run_config(config.checkpoint_dir), checkpoint_dir=config.checkpoint_dir,
-                           device=config.device)
+        recorded = replace(load_run_config(config.checkpoint_dir), device=config.device)
         return evaluate_run(recorded, setup_runtime(recorded))
     device = setup_runtime(config)
 
@@ -255,7 +254,12 @@ def _timed(timings: dict, stage: str):
 
 
 def load_run_config(checkpoint_dir: str | Path) -> Config:
-    """The config a finished training run recorded, for evaluation and the ensemble."""
+    """The config a finished training run recorded, for evaluation and the ensemble.
+
+    The run may since have been copied, moved or be read from another working directory: it now lives in
+    ``checkpoint_dir``, and its figures folder keeps its place relative to it, so that re-evaluating a copy
+    writes the copy's report and never overwrites the original's.
+    """
     from .results import load_results
 
     results = load_results(results_path(checkpoint_dir))
@@ -263,4 +267,6 @@ def load_run_config(checkpoint_dir: str | Path) -> Config:
         raise CheckpointError(
             f"no training run found in {checkpoint_dir}: run `python deepfake_detection.py` first"
         )
-    return config_from_dict(results["config"])
+    recorded = config_from_dict(results["config"])
+    viz_dir = os.path.normpath(Path(checkpoint_dir) / os.path.relpath(recorded.viz_dir, recorded.checkpoint_dir))
+    return replace(recorded, checkpoint_dir=str(checkpoint_dir), viz_dir=viz_dir)

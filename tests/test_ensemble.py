@@ -29,14 +29,13 @@ SENTINEL = '[{"index": 1, "prediction": "real"}]\n'
 
 @pytest.fixture
 def run_dir(tiny_run, tmp_path) -> Path:
-    """A private copy of the tiny run's results and split; its checkpoints are shared and only read."""
+    """A private copy of the tiny run's results and split, as a competitor would copy it; its checkpoints are
+    shared and only read, and its figures go to the copy's visualizations/ (see the test that checks this)."""
     source = Path(tiny_run.checkpoint_dir)
     target = tmp_path / "checkpoints"
     target.mkdir()
-    shutil.copy(source / "split.json", target / "split.json")
-    results = load_results(results_path(source))
-    results["config"].update(checkpoint_dir=str(target), viz_dir=str(tmp_path / "visualizations"))
-    write_json(results_path(target), results)
+    for name in ("split.json", results_path(source).name):
+        shutil.copy(source / name, target / name)
     return target
 
 
@@ -198,6 +197,18 @@ def test_a_model_that_beats_the_ensemble_on_validation_is_named_with_the_command
     command = f"`python ensemble.py --checkpoints {checkpoint}` submits it"
     assert command in caplog.text and command in (tmp_path / "visualizations" / REPORT_NAME).read_text()
     assert load_results(results_path(run_dir))["ensemble"]["better_single"] == meta["better_single"]
+
+
+def test_a_copied_run_reports_into_its_own_folder_and_leaves_the_original_alone(run_dir, tiny_run, tmp_path,
+                                                                                 monkeypatch):
+    original_report = Path(tiny_run.viz_dir) / REPORT_NAME
+    before = original_report.read_bytes()
+    monkeypatch.chdir(tmp_path)  # the run was recorded from another working directory, and is named relatively
+    assert run_cli(Path(run_dir.name), tmp_path / "submission.json") == 0
+
+    assert "Ensemble vs single models" in (tmp_path / "visualizations" / REPORT_NAME).read_text()
+    assert original_report.read_bytes() == before
+    assert "ensemble" not in load_results(results_path(tiny_run.checkpoint_dir))
 
 
 def test_submission_follows_the_number_in_each_file_name(run_dir, resnet_checkpoint, demo_images, tmp_path):
