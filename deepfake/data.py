@@ -6,6 +6,7 @@ score exactly the same validation images as training did.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -249,6 +250,18 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     indices = np.arange(len(labels))
     train, val = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=labels)
     return np.sort(train), np.sort(val)
+
+
+def split_id(train: ImageSet) -> str:
+    """Short hash of the training split (paths, labels and pixels).
+
+    Checkpoints and generated samples carry it, so a model or sample made from another split, or from
+    images since replaced under the same names, is never taken for one of this split's.
+    """
+    digest = hashlib.sha1("\n".join(train.paths).encode())
+    for array in (train.labels, train.images):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:12]
 
 
 def save_split(path: str | Path, train: ImageSet, val: ImageSet, **meta) -> None:

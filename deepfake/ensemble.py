@@ -96,6 +96,32 @@ def explicit_members(paths: list[Path]) -> list[Member]:
     ]
 
 
+def trained_on_this_split(members: list[Member], split_file: Path, data_id: str | None,
+                          explicit: bool) -> list[Member]:
+    """The members trained on the split in ``split_file``.
+
+    A model trained on another split (an earlier run in this folder with another seed, or a checkpoint
+    of another run) has seen some of these validation images, so its scores, weight and the chosen cut
+    would be inflated: it is left out with a warning, or refused when it was listed by hand. Split files
+    written before splits had an id cannot be checked.
+    """
+    if data_id is None:
+        return members
+    foreign = [m for m in members if (read_checkpoint(m.checkpoint).get("metrics") or {}).get("data_id") != data_id]
+    if foreign and explicit:
+        raise EnsembleError(f"{foreign[0].checkpoint} was not trained on the split in {split_file}, so its "
+                            f"validation scores would count images it trained on: list checkpoints of this run, "
+                            f"or pass --checkpoint-dir of the run that trained it")
+    for member in foreign:
+        log.warning("%s (%s) was not trained on the split in %s; left out of the ensemble (retrain it with "
+                    "`python deepfake_detection.py --models %s`)", member.name, member.checkpoint, split_file,
+                    member.name)
+    kept = [m for m in members if m not in foreign]
+    if not kept:
+        raise EnsembleError(f"no final checkpoint in {split_file.parent} was trained on its split: {TRAIN_FIRST}")
+    return kept
+
+
 def resolve_test_dir(test_dir: str | Path | None, results: dict) -> Path:
     """--test-dir, else the test/ folder of the data the run was trained on."""
     if test_dir is not None:
@@ -301,6 +327,9 @@ def run_ensemble(
     torch_device = setup_runtime(config)
     results = load_results(results_path(checkpoint_dir))
     members = explicit_members([Path(c) for c in checkpoints]) if checkpoints else run_members(results, checkpoint_dir)
+    split_file = checkpoint_dir / SPLIT_NAME
+    _, val, split = load_split(split_file, config.image_size)
+    members = trained_on_this_split(members, split_file, split.get("data_id"), explicit=bool(checkpoints))
 
     # Weigh
     weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
@@ -311,7 +340,6 @@ def run_ensemble(
     # Predict
     test_dir = resolve_test_dir(test_dir, results)
     test, indices = load_test(test_dir, config.image_size)
-    _, val, _ = load_split(checkpoint_dir / SPLIT_NAME, config.image_size)
     models = load_models(members, torch_device)
     probs = predict_members(models, {"val": val.images, "test": test.images}, config, torch_device)
     test_probs, val_probs = weighted_fake_proba(probs["test"], weights), weighted_fake_proba(probs["val"], weights)

@@ -5,7 +5,6 @@ interrupted run resumes where it stopped and a finished model is never retrained
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -19,7 +18,9 @@ import torch
 from torch import nn
 
 from .config import TRAINING_KEYS, Config, config_from_dict
-from .data import ImageSet, find_test_dir, load_labelled, load_test, resolve_data_dir, save_split, split_indices
+from .data import (
+    ImageSet, find_test_dir, load_labelled, load_test, resolve_data_dir, save_split, split_id, split_indices,
+)
 from .inference import select_device
 from .models import CheckpointError, build_from_config, load_checkpoint, read_checkpoint, save_checkpoint
 from .pseudo_labels import images_digest, pseudo_labelled
@@ -69,10 +70,9 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         labelled = load_labelled(data_dir, config.image_size)
         train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed)
         train, val = labelled.subset(train_idx), labelled.subset(val_idx)
-        checkpoint_dir = Path(config.checkpoint_dir)
+        checkpoint_dir, data_id = Path(config.checkpoint_dir), split_id(train)
         save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
-                   val_fraction=config.val_fraction)
-        data_id = hashlib.sha1("\n".join(train.paths).encode()).hexdigest()[:12]
+                   val_fraction=config.val_fraction, data_id=data_id)
     log.info("data: %s | train %d, validation %d images", data_dir, len(train), len(val))
 
     with _timed(timings, "augmented_samples"):
@@ -94,7 +94,10 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
             "split_file": str(checkpoint_dir / SPLIT_NAME),
             "counts": {"train": _class_counts(train), "val": _class_counts(val), "augmented": _class_counts(augmented)},
         }
-        results.setdefault("models", {})
+        models = results.setdefault("models", {})
+        for name in [n for n, entry in models.items() if entry.get("data_id") != data_id]:
+            log.info("%s was trained on another split; its results are dropped from this run's", name)
+            del models[name]
         results["timings"] = timings
 
     update_results(path, record_run)
@@ -102,10 +105,11 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
     if unlabelled is not None:  # phase 2 learns from the test images too, so other test images mean another model
         fingerprint += f"-{images_digest(unlabelled)}"
-    trainer = _ModelTrainer(config, device, path, fingerprint, force)
+    trainer = _ModelTrainer(config, device, path, fingerprint, data_id, force)
     base_ready = [name for name in config.models if trainer.base(name, train_pool, val, timings)]
     if not base_ready:
-        raise RuntimeError("no model finished base training; see the errors above")
+        raise NonFiniteLossError("no model finished base training (see the errors above): lower the learning rate "
+                                 "(--set lr=... model_lr=...) and rerun")
 
     crafted_by = trainer.best_base(base_ready)
     with _timed(timings, "adversarial_samples"):
@@ -148,9 +152,10 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
 class _ModelTrainer:
     """Runs one phase for one model, skipping it when a matching checkpoint already exists."""
 
-    def __init__(self, config: Config, device: torch.device, results_file: Path, fingerprint: str, force: bool):
+    def __init__(self, config: Config, device: torch.device, results_file: Path, fingerprint: str, data_id: str,
+                 force: bool):
         self.config, self.device, self.results_file = config, device, results_file
-        self.fingerprint, self.force = fingerprint, force
+        self.fingerprint, self.data_id, self.force = fingerprint, data_id, force
 
     def checkpoint(self, name: str, phase: str) -> Path:
         return Path(self.config.checkpoint_dir) / f"{name}_{phase}.pt"
@@ -187,16 +192,24 @@ class _ModelTrainer:
         except NonFiniteLossError as error:
             message = str(error)
             log.error("%s", message)
-            update_results(self.results_file, lambda r: r["models"].setdefault(name, {}).update(error=message))
+
+            def record_failure(results: dict) -> None:
+                # The checkpoints an earlier run recorded for this phase and the next are not this config's.
+                entry = results["models"].setdefault(name, {})
+                entry["error"] = message
+                for stale in ("base", "final") if phase == "base" else ("final",):
+                    entry.get("checkpoints", {}).pop(stale, None)
+
+            update_results(self.results_file, record_failure)
             return False
         save_checkpoint(
             self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,
-            metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint},
+            metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id},
         )
 
         def record(results: dict) -> None:
             if settings.name == "base":
-                results["models"][name] = {"pretrained": bool(model.pretrained_loaded)}
+                results["models"][name] = {"pretrained": bool(model.pretrained_loaded), "data_id": self.data_id}
             entry = results["models"].setdefault(name, {})
             entry.pop("error", None)
             entry.setdefault("checkpoints", {})[phase] = str(self.checkpoint(name, phase))

@@ -22,13 +22,14 @@ from tqdm.auto import tqdm
 from .attacks import eval_mode, fgsm, pgd, sample_epsilons
 from .config import Config
 from .data import ImageSet, augment, to_tensor, train_transform
+from .errors import DeepfakeError
 from .inference import predict_fake_proba, to_float
 from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DeepfakeError, RuntimeError):
     """Training diverged; raised instead of saving a broken checkpoint."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from deepfake.config import MODEL_NAMES
 from deepfake.data import file_number, list_image_files, load_images
@@ -18,7 +19,7 @@ from deepfake.ensemble import (
 )
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
-from deepfake.models import load_checkpoint
+from deepfake.models import load_checkpoint, read_checkpoint
 from deepfake.plots import OVERVIEW_NAME
 from deepfake.report import REPORT_NAME
 from deepfake.results import load_results, results_path
@@ -264,6 +265,21 @@ def test_moved_run_finds_its_checkpoints_and_leaves_unfinished_models_out(run_di
     members = read_json(tmp_path / "submission.meta.json")["members"]
     assert [(m["name"], m["checkpoint"], m["weight"]) for m in members] == [
         ("efficientnet_b0", str(run_dir / "efficientnet_b0_final.pt"), 1.0)]
+
+
+def test_a_model_trained_on_another_split_is_left_out_or_refused(run_dir, tiny_run, tmp_path, caplog, capsys):
+    foreign = read_checkpoint(Path(tiny_run.checkpoint_dir) / "efficientnet_b0_final.pt")
+    foreign["metrics"]["data_id"] = "another-split"
+    torch.save(foreign, run_dir / "efficientnet_b0_final.pt")  # found before the recorded path (a copied run)
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        assert run_cli(run_dir, tmp_path / "submission.json") == 0
+    members = read_json(tmp_path / "submission.meta.json")["members"]
+    assert {m["name"] for m in members} == {"convnext_tiny", "resnet_se"}
+    assert f"efficientnet_b0 ({run_dir / 'efficientnet_b0_final.pt'}) was not trained on the split" in caplog.text
+
+    assert run_cli(run_dir, tmp_path / "by_hand.json", "--checkpoints", str(run_dir / "efficientnet_b0_final.pt")) == 2
+    assert "was not trained on the split in" in capsys.readouterr().err
+    assert not (tmp_path / "by_hand.json").exists()
 
 
 def test_labelled_test_folder_is_scored(run_dir, resnet_checkpoint, demo_dir, tmp_path):

@@ -3,16 +3,18 @@ import logging
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_config
 
 from deepfake.config import MODEL_NAMES
+from deepfake.io import read_json
 from deepfake.models import load_checkpoint, read_checkpoint
 from deepfake.pipeline import _images_to_pseudo_label, run
 from deepfake.report import REPORT_NAME
 from deepfake.results import load_results, results_path
 from deepfake.samples import sample_manifest
-from deepfake.train import bf16_is_fast
+from deepfake.train import NonFiniteLossError, bf16_is_fast
 
 
 def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
@@ -77,6 +79,27 @@ def test_rerun_skips_finished_models_resumes_and_keeps_other_models(tmp_path, de
 
     run(run_config(tmp_path, demo_dir, models=("resnet_se",)), force=True)
     assert final.stat().st_mtime_ns != final_written
+
+
+def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_diverged_model_keeps_none(
+        tmp_path, demo_dir, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    run(run_config(tmp_path, data, models=("efficientnet_b0",)))
+    first, second = sorted((data / "train" / "real").glob("*.png"))[:2]
+    first.write_bytes(second.read_bytes())  # same file names, other pixels: another split
+
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        run(run_config(tmp_path, data, models=("resnet_se",)))
+    assert "efficientnet_b0 was trained on another split; its results are dropped" in caplog.text
+    results = load_results(results_path(tmp_path / "checkpoints"))
+    assert set(results["models"]) == {"resnet_se"}
+    assert results["models"]["resnet_se"]["data_id"] == read_json(tmp_path / "checkpoints" / "split.json")["data_id"]
+
+    with pytest.raises(NonFiniteLossError, match="no model finished base training"):
+        run(run_config(tmp_path, data, models=("resnet_se",), lr=1e12))
+    entry = load_results(results_path(tmp_path / "checkpoints"))["models"]["resnet_se"]
+    assert "lower the learning rate" in entry["error"] and entry["checkpoints"] == {}
 
 
 def test_a_model_trains_the_same_whatever_ran_before_it(tiny_run, tmp_path, demo_dir):
