@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -122,6 +123,9 @@ def file_number(path: str | Path) -> int | None:
     return int(numbers[0]) if len(numbers) == 1 else None
 
 
+NAMED_IN_WARNING = 5  # offending test files a warning names
+
+
 def order_test_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[int], str | None]:
     """Test files in file-number order, the index of each (its number) and a warning or None.
 
@@ -134,9 +138,15 @@ def order_test_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[int]
         order = sorted(range(len(paths)), key=numbers.__getitem__)
         return [Path(paths[i]) for i in order], [numbers[i] for i in order], None
     ordered = sorted((Path(p) for p in paths), key=_natural_key)
-    problem = "files without a single number in their name" if None in numbers else "files sharing a number"
-    warning = (f"test folder has {problem}; indexing its {len(ordered)} files by position 1..{len(ordered)} "
-               f"in natural name order")
+    unnumbered = [Path(p).name for p, n in zip(paths, numbers) if n is None]
+    counts = Counter(numbers)
+    shared = [Path(p).name for p, n in zip(paths, numbers) if n is not None and counts[n] > 1]
+    problem = "; ".join(
+        f"{text} ({', '.join(sorted(names)[:NAMED_IN_WARNING])}{', ...' if len(names) > NAMED_IN_WARNING else ''})"
+        for text, names in (("no single number in the name", unnumbered), ("a number shared", shared)) if names
+    )
+    warning = (f"test files with {problem}: indexing all {len(ordered)} by position 1..{len(ordered)} in natural "
+               f"name order (rename or remove those files to index by file number)")
     return ordered, list(range(1, len(ordered) + 1)), warning
 
 

@@ -169,9 +169,10 @@ def test_test_files_are_ordered_by_number():
 
 
 def test_unnumbered_or_duplicate_test_files_fall_back_to_natural_order_by_position():
-    for problem in (["b.png", "a2.png", "a10.png"], ["1.png", "01.png", "2.png"]):
+    for problem, named in ((["b.png", "a2.png", "a10.png"], "no single number in the name (b.png)"),
+                           (["1.png", "01.png", "2.png"], "a number shared (01.png, 1.png)")):
         ordered, indices, warning = order_test_files([Path(n) for n in problem])
-        assert warning and "1..3" in warning and indices == [1, 2, 3]
+        assert warning and named in warning and "1..3" in warning and indices == [1, 2, 3]
     ordered, _, _ = order_test_files([Path(n) for n in ["b.png", "a10.png", "a2.png"]])
     assert [p.name for p in ordered] == ["a2.png", "a10.png", "b.png"]
 
