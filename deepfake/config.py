@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, fields
@@ -154,10 +155,21 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def make_config(preset: str = "full", **overrides) -> Config:
-    """Preset defaults, then explicit overrides; unknown names fail loudly."""
+# Values a run would crash on late (after minutes of training) or that would silently mean nothing.
+_AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetune_epochs", "finetune_attack_steps",
+                 "pgd_steps", "eval_batch_size")
+_NOT_NEGATIVE = ("threads", "lr", "finetune_lr", "weight_decay", "warmup_epochs", "max_steps_per_epoch",
+                 "trades_beta", "finetune_anchor", "augment_per_class", "adversarial_count", "gradcam_images")
+_SHARES = ("corruption_prob", "finetune_corruption_prob", "adv_ratio")  # in [0, 1]
+_BELOW_ONE = ("label_smoothing", "ema_decay")  # in [0, 1)
+
+
+def make_config(preset: str = "full", /, **overrides) -> Config:
+    """Preset defaults, then explicit overrides; unknown names and out-of-range values fail loudly."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if "preset" in overrides:
+        raise ConfigError("the preset is not a field to set: choose it with --preset")
     known = {f.name for f in fields(Config)}
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(values) - known)
@@ -176,7 +188,23 @@ def make_config(preset: str = "full", **overrides) -> Config:
     bad_widths = [f"{m}={w}" for m, w in config.model_width if not w > 0]
     if bad_widths:
         raise ConfigError(f"model_width multipliers must be positive, got {', '.join(bad_widths)}")
+    if len(set(config.models)) < len(config.models):
+        raise ConfigError(f"models names a model twice ({', '.join(config.models)}); name each once")
+    _check_ranges(config)
     return config
+
+
+def _check_ranges(config: Config) -> None:
+    value = functools.partial(getattr, config)
+    bad = [f"{n}={value(n)} (at least 1)" for n in _AT_LEAST_ONE if value(n) < 1]
+    bad += [f"{n}={value(n)} (not negative)" for n in _NOT_NEGATIVE if value(n) < 0]
+    bad += [f"{n}={value(n)} (in [0, 1])" for n in _SHARES if not 0 <= value(n) <= 1]
+    bad += [f"{n}={value(n)} (in [0, 1))" for n in _BELOW_ONE if not 0 <= value(n) < 1]
+    bad += [f"val_fraction={config.val_fraction} (between 0 and 1)"] if not 0 < config.val_fraction < 1 else []
+    bad += [f"{n} has {eps} (budgets are pixel units in [0, 1])" for n in ("fgsm_epsilons", "eval_epsilons")
+            for eps in value(n) if not 0 <= eps <= 1]
+    if bad:
+        raise ConfigError(f"config value out of range: {'; '.join(bad)}")
 
 
 _KINDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string", tuple: "a tuple like (1, 2)"}

@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 
 import pytest
 
@@ -88,7 +89,14 @@ def test_set_overrides_any_field_with_its_type():
     (["--set", "trades_beta"], "--set expects FIELD=VALUE"),
     (["--set", "epochz=3"], "unknown config field"),
     (["--epochs", "3", "--set", "base_epochs=4"], "base_epochs set both by a flag and by --set"),
+    (["--set", "preset=quick"], "choose it with --preset"),
+    (["--models", "resnet_se,resnet_se"], "names a model twice"),
+    (["--finetune-epochs", "0"], "out of range: finetune_epochs=0 (at least 1)"),
+    (["--batch-size", "0", "--set", "val_fraction=0"], "batch_size=0 (at least 1); val_fraction=0"),
+    (["--set", "adv_ratio=1.3", "ema_decay=1.0", "lr=-1e-3"], "lr=-0.001 (not negative); adv_ratio=1.3 (in [0, 1]); "
+                                                               "ema_decay=1.0 (in [0, 1))"),
+    (["--set", "fgsm_epsilons=(8,)"], "fgsm_epsilons has 8 (budgets are pixel units in [0, 1])"),
 ])
 def test_bad_set_fails_with_one_clear_line(argv, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse(*argv)
