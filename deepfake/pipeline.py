@@ -271,7 +271,8 @@ def load_run_config(checkpoint_dir: str | Path) -> Config:
 
     The run may since have been copied, moved or be read from another working directory: it now lives in
     ``checkpoint_dir``, and its figures folder keeps its place relative to it, so that re-evaluating a copy
-    writes the copy's report and never overwrites the original's.
+    writes the copy's report and never overwrites the original's. Only a figures folder given one way
+    (absolute) and the checkpoints the other (relative) had no place relative to them: it stays as given.
     """
     from .results import load_results
 
@@ -281,5 +282,7 @@ def load_run_config(checkpoint_dir: str | Path) -> Config:
             f"no training run found in {checkpoint_dir}: run `python deepfake_detection.py` first"
         )
     recorded = config_from_dict(results["config"])
-    viz_dir = os.path.normpath(Path(checkpoint_dir) / os.path.relpath(recorded.viz_dir, recorded.checkpoint_dir))
+    viz_dir = recorded.viz_dir
+    if Path(viz_dir).is_absolute() == Path(recorded.checkpoint_dir).is_absolute():
+        viz_dir = os.path.normpath(Path(checkpoint_dir) / os.path.relpath(viz_dir, recorded.checkpoint_dir))
     return replace(recorded, checkpoint_dir=str(checkpoint_dir), viz_dir=viz_dir)

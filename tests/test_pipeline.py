@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import run_config
 
-from deepfake.config import MODEL_NAMES
-from deepfake.io import read_json
+from deepfake.config import MODEL_NAMES, make_config
+from deepfake.io import read_json, write_json
 from deepfake.models import load_checkpoint, read_checkpoint
-from deepfake.pipeline import _images_to_pseudo_label, run
+from deepfake.pipeline import _images_to_pseudo_label, load_run_config, run
 from deepfake.report import REPORT_NAME
 from deepfake.results import load_results, results_path
 from deepfake.samples import sample_manifest
@@ -100,6 +100,20 @@ def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_div
         run(run_config(tmp_path, data, models=("resnet_se",), lr=1e12))
     entry = load_results(results_path(tmp_path / "checkpoints"))["models"]["resnet_se"]
     assert "lower the learning rate" in entry["error"] and entry["checkpoints"] == {}
+
+
+@pytest.mark.parametrize("recorded,figures", [
+    (("/runs/a/checkpoints", "/runs/a/visualizations"), "copy/visualizations"),
+    (("checkpoints", "visualizations"), "copy/visualizations"),  # recorded from another working directory
+    (("runs/a/checkpoints", "runs/a/figures/a"), "copy/figures/a"),
+    (("checkpoints", "/srv/figures"), "/srv/figures"),  # absolute figures, relative checkpoints: kept as given
+])
+def test_a_copied_run_keeps_its_figures_folder_beside_it(tmp_path, recorded, figures):
+    copy = tmp_path / "copy" / "checkpoints"
+    config = make_config("tiny", checkpoint_dir=recorded[0], viz_dir=recorded[1])
+    write_json(results_path(copy), {"config": config.to_dict()})
+    loaded = load_run_config(copy)
+    assert loaded.checkpoint_dir == str(copy) and loaded.viz_dir == str(tmp_path / figures)
 
 
 def test_a_model_trains_the_same_whatever_ran_before_it(tiny_run, tmp_path, demo_dir):
