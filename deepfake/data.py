@@ -296,6 +296,9 @@ def load_split(path: str | Path, size: int = 32) -> tuple[ImageSet, ImageSet, di
     sets = []
     for name, (paths, labels) in parts.items():
         missing = next((p for p in paths if not Path(p).is_file()), None)
+        if missing is not None and not Path(missing).is_absolute():
+            raise DataError(f"image {missing} of the saved split {path} is not under {Path.cwd()}: run from the "
+                            f"folder training ran in (the split's paths are relative to it)")
         if missing is not None:
             raise DataError(f"image {missing} of the saved split {path} is gone: restore it, or delete {path} "
                             f"and rerun training")

@@ -123,7 +123,7 @@ def test_truncated_png_stops_with_its_name(tmp_path):
         load_images([tmp_path / "cut.png"])
 
 
-def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path):
+def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path, monkeypatch):
     root = make_layout(tmp_path / "data", "real", "fake", n=25)
     for i in range(25, 40):  # 25 real, 40 fake
         write_image(root / "fake" / f"{i}.png", rgb(200 + i))
@@ -139,6 +139,13 @@ def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path):
     assert val_set.paths == data.subset(val).paths and train_set.paths == data.subset(train).paths
     assert np.array_equal(val_set.images, data.images[val]) and np.array_equal(train_set.images, data.images[train])
     assert np.array_equal(train_set.labels, data.labels[train]) and np.array_equal(val_set.labels, data.labels[val])
+    monkeypatch.chdir(root)
+    relative = ImageSet(data.images[:1], data.labels[:1], ["real/0.png"])
+    save_split(tmp_path / "relative.json", data.subset(train), relative)
+    assert load_split(tmp_path / "relative.json")[1].paths == ["real/0.png"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="real/0.png of the saved split .* is not under .*: run from the folder"):
+        load_split(tmp_path / "relative.json")
     Path(val_set.paths[0]).unlink()
     with pytest.raises(DataError, match="is gone: restore it"):
         load_split(tmp_path / "split.json")
