@@ -173,18 +173,19 @@ assert set(ZOO) == set(MODEL_NAMES), "the zoo and config.MODEL_NAMES must list t
 def build_model(name: str, pretrained: bool = False, spectrum: bool = False, width: float = 1.0) -> nn.Module:
     """A fresh model; with ``pretrained`` it starts from ImageNet weights where they can be had,
     with ``spectrum`` it also reads the image's Fourier spectrum (:class:`SpectrumHead`); ``width``
-    multiplies every stage's channels, except for ``pretrained`` models with weights (which exist at
-    full width only)."""
+    multiplies every stage's channels, except for a model whose pretrained weights were found (they
+    exist at full width only)."""
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(ZOO)}")
     if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
     entry = ZOO[name]
-    if pretrained and entry.timm_name is not None and width != 1.0:
+    reference = _pretrained_weights(name, entry.timm_name) if pretrained else None
+    if reference is not None and width != 1.0:
         log.info("%s: full width, not %g, so that its pretrained weights fit", name, width)
         width = 1.0
     backbone = entry.build(width)
-    loaded = pretrained and _load_pretrained(backbone, name, entry.timm_name)
+    loaded = reference is not None and _copy_matching(backbone, name, reference)
     # channels_last: 1.1x (resnet_se) to 2x (efficientnet_b0) faster CPU training here; same results.
     head = SpectrumHead(len(CLASS_NAMES)) if spectrum else None
     return Classifier(name, backbone, loaded, head, width).to(memory_format=torch.channels_last)
@@ -199,15 +200,19 @@ def build_from_config(name: str, config: Config) -> nn.Module:
 # Pretrained weights (never hangs offline: probe first, then use only the local cache)
 # ---------------------------------------------------------------------------------------------
 
-def _load_pretrained(backbone: nn.Module, name: str, timm_name: str | None) -> bool:
-    """Copy every pretrained tensor whose shape matches; False (with one warning) when none are available."""
+def _pretrained_weights(name: str, timm_name: str | None) -> dict[str, torch.Tensor] | None:
+    """The ImageNet state dict for ``name``; None, with one warning, when there is none to be had."""
     if timm_name is None:
         log.warning("%s has no pretrained weights; training it from scratch", name)
-        return False
+        return None
     reference, reason = _pretrained_state_dict(timm_name)
     if reference is None:
         log.warning("%s: ImageNet weights unavailable (%s); training it from scratch", name, reason)
-        return False
+    return reference
+
+
+def _copy_matching(backbone: nn.Module, name: str, reference: dict[str, torch.Tensor]) -> bool:
+    """Copy every pretrained tensor whose shape matches (the 32x32 adaptations change a few)."""
     own = backbone.state_dict()
     matching = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
     backbone.load_state_dict(matching, strict=False)

@@ -111,11 +111,12 @@ def test_width_rounds_resnet_se_channels_to_multiples_of_eight():
         build_model("resnet_se", width=0.0)
 
 
-def test_pretrained_models_keep_the_width_their_weights_have(caplog):
+def test_pretrained_models_without_weights_keep_the_asked_width(caplog):
+    """Offline with nothing cached, the fallback trains at the recipe's width, not at the weights' full width."""
     with caplog.at_level(logging.INFO, logger="deepfake.models"):
-        assert build_model("efficientnet_b0", pretrained=True, width=0.5).width == 1.0
-    assert "full width, not 0.5" in caplog.text
-    assert build_model("resnet_se", pretrained=True, width=0.5).width == 0.5  # no weights to fit
+        assert build_model("efficientnet_b0", pretrained=True, width=0.5).width == 0.5
+    assert "full width" not in caplog.text
+    assert build_model("resnet_se", pretrained=True, width=0.5).width == 0.5  # no weights exist
 
 
 def test_build_from_config_gives_each_model_its_spectrum_head_and_width():
@@ -192,9 +193,10 @@ def test_offline_pretrained_uses_cached_weights_where_shapes_match(tmp_path, cap
     assert huggingface_hub.constants.HF_HUB_CACHE == str(tmp_path / "hf")
 
     with caplog.at_level(logging.INFO, logger="deepfake.models"):
-        model = build_model("efficientnet_b0", pretrained=True)
+        model = build_model("efficientnet_b0", pretrained=True, width=0.5)
     loaded = model.backbone.state_dict()
-    assert model.pretrained_loaded is True
+    assert model.pretrained_loaded is True and model.width == 1.0  # the weights exist at full width only
+    assert "full width, not 0.5" in caplog.text
     assert torch.equal(loaded["blocks.3.0.conv_pw.weight"], reference["blocks.3.0.conv_pw.weight"])
     assert loaded["classifier.weight"].shape == (2, 1280)
     assert "classifier.weight" in caplog.text  # reported as kept fresh
