@@ -10,10 +10,9 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from .plots import (PHASE_TITLES, attack_accuracy, eps_label, figure_names, head
                     plot_attack_comparison, plot_corruptions, plot_evaluation, plot_gradcam, plot_models_overview,
                     plot_training_curves)
 from .report import write_report
-from .results import load_results, results_path, update_results
+from .results import load_results, results_path, timed, update_results
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +81,21 @@ def evaluate_model(name: str, checkpoints: dict[str, Path], val: ImageSet, corru
     for phase, checkpoint in checkpoints.items():
         model = load_checkpoint(checkpoint, device)
         evaluation[phase], probs = measure(model, val, corrupted, config, device, seconds, label=f"{name} {phase}")
-        with _timed(seconds, "figures"):
+        with timed(seconds, "figures"):
             plot_evaluation(val.labels, probs, evaluation[phase]["clean"], f"{name}, {PHASE_TITLES[phase]}",
                             viz_dir / figures[f"{phase}_evaluation"])
             adversarial, adversarial_probs = adversarial_examples(
                 model, val.images[showcase], val.labels[showcase], settings["epsilons"], device)
             plot_adversarial_grid(adversarial, adversarial_probs, val.labels[showcase], settings["epsilons"],
                                   f"{name}: FGSM examples {PHASE_TITLES[phase]}", viz_dir / figures[f"adv_{phase}"])
-    with _timed(seconds, "gradcam"):  # the last checkpoint evaluated: final, or base if fine-tuning failed
+    with timed(seconds, "gradcam"):  # the last checkpoint evaluated: final, or base if fine-tuning failed
         explained = showcase_indices(val.labels, config.gradcam_images, config.seed)
         evaluation["gradcam"] = {"phase": phase, **explain_model(
             model, val, explained, device, f"{name} ({phase} checkpoint)", viz_dir / figures["gradcam"])}
-    with _timed(seconds, "figures"):
+    with timed(seconds, "figures"):
         plot_attack_comparison(evaluation, name, viz_dir / figures["comparison"])
         plot_corruptions(evaluation, name, viz_dir / figures["corruptions"])
-    evaluation["seconds"] = {key: round(value, 2) for key, value in seconds.items()}
+    evaluation["seconds"] = seconds
     return evaluation
 
 
@@ -113,13 +112,13 @@ def measure(model: torch.nn.Module, val: ImageSet, corrupted: dict[tuple[str, in
             device: torch.device, seconds: dict[str, float] | None = None, label: str = "") -> tuple[dict, np.ndarray]:
     """One checkpoint's clean metrics, attack sweep and corruption accuracy, plus its clean fake probabilities."""
     seconds = {} if seconds is None else seconds
-    with _timed(seconds, "clean"):
+    with timed(seconds, "clean"):
         probs = predict_fake_proba(model, val.images, batch_size=config.eval_batch_size, device=device)
         clean = clean_metrics(val.labels, probs)
-    with _timed(seconds, "attacks"):
+    with timed(seconds, "attacks"):
         attacks = attack_sweep(model, val.images, val.labels, evaluation_settings(config)["epsilons"],
                                config.pgd_steps, config.eval_batch_size, config.seed, device, desc=f"{label} attacks")
-    with _timed(seconds, "corruptions"):
+    with timed(seconds, "corruptions"):
         corruptions = corruption_accuracy(model, val.labels, corrupted, clean["accuracy"], config.eval_batch_size,
                                           device)
     mean_accuracy = float(np.mean([accuracy for c in corruptions.values() for accuracy in c["accuracy"]]))
@@ -235,12 +234,6 @@ def showcase_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-@contextmanager
-def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
-    started = time.perf_counter()
-    yield
-    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
 
 
 def _log_summary(name: str, evaluation: dict) -> None:

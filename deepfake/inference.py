@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data import to_tensor
 from .errors import ConfigError
@@ -34,7 +33,6 @@ def predict_fake_proba(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     tta_flip: bool = False,
-    progress: bool = False,
 ) -> np.ndarray:
     """Probability of class 1 (fake) per image; images are uint8 NHWC arrays or uint8 NCHW tensors."""
     device = torch.device(device)
@@ -42,7 +40,7 @@ def predict_fake_proba(
     model.eval()
     batches = as_nchw_uint8(images).split(batch_size)
     probs = []
-    for batch in tqdm(batches, desc="predict", disable=not progress, leave=False):
+    for batch in batches:
         probs.append(fake_proba(model, to_float(batch, device), tta_flip).cpu())
     model.train(was_training)
     return torch.cat(probs).numpy() if probs else np.zeros(0, dtype=np.float32)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +22,7 @@ from .data import (
 from .inference import select_device
 from .models import CheckpointError, build_from_config, load_checkpoint, read_checkpoint, save_checkpoint
 from .pseudo_labels import images_digest, pseudo_labelled
-from .results import library_versions, machine_description, results_path, update_results
+from .results import library_versions, machine_description, results_path, timed, update_results
 from .samples import adversarial_samples, augmented_samples
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, seed_everything, train_phase
 
@@ -64,7 +62,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     device = setup_runtime(config)
 
     timings: dict[str, float] = {}
-    with _timed(timings, "load_data"):
+    with timed(timings, "load_data"):
         data_dir = resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo")
         config.data_dir = str(data_dir)
         labelled = load_labelled(data_dir, config.image_size)
@@ -75,7 +73,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
                    val_fraction=config.val_fraction, data_id=data_id)
     log.info("data: %s | train %d, validation %d images", data_dir, len(train), len(val))
 
-    with _timed(timings, "augmented_samples"):
+    with timed(timings, "augmented_samples"):
         augmented = augmented_samples(train, config, data_id)
     train_pool = ImageSet.concat(train, augmented)
 
@@ -112,12 +110,12 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
                                  "(--set lr=... model_lr=...) and rerun")
 
     crafted_by = trainer.best_base(base_ready)
-    with _timed(timings, "adversarial_samples"):
+    with timed(timings, "adversarial_samples"):
         crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
         adversarial = adversarial_samples(crafting_model, crafted_by, train, config, data_id, device)
     finetune_pool = ImageSet.concat(train_pool, adversarial)
     if unlabelled is not None:
-        with _timed(timings, "pseudo_labels"):
+        with timed(timings, "pseudo_labels"):
             pseudo = pseudo_labelled(crafting_model, unlabelled, config.pseudo_label_confidence, device,
                                      config.eval_batch_size)
         log.info("pseudo-labels: %s calls %d of %d test images with confidence >= %s (%d fake); phase 2 trains "
@@ -144,7 +142,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     for name in base_ready:
         trainer.finetune(name, finetune_pool, val, timings)
 
-    with _timed(timings, "evaluate"):
+    with timed(timings, "evaluate"):
         evaluate_run(config, device)
     return update_results(path, lambda r: r.update(timings=timings))
 
@@ -187,7 +185,7 @@ class _ModelTrainer:
         phase = "final" if settings.name == "finetune" else "base"
         log.info("%s: %s phase, %d epochs on %d images", name, settings.name, settings.epochs, len(pool))
         try:
-            with _timed(timings, f"{settings.name}:{name}"):
+            with timed(timings, f"{settings.name}:{name}"):
                 outcome = train_phase(model, pool, val, self.config, settings, self.device, label=name)
         except NonFiniteLossError as error:
             message = str(error)
@@ -258,12 +256,6 @@ def _images_to_pseudo_label(config: Config, data_dir: Path, test_dir: Path | Non
 def _class_counts(images: ImageSet) -> dict[str, int]:
     return {"real": int((images.labels == 0).sum()), "fake": int((images.labels == 1).sum())}
 
-
-@contextmanager
-def _timed(timings: dict, stage: str):
-    started = time.perf_counter()
-    yield
-    timings[stage] = round(time.perf_counter() - started, 2)
 
 
 def load_run_config(checkpoint_dir: str | Path) -> Config:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import platform
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .io import read_json, write_json
 
@@ -26,6 +28,14 @@ def update_results(path: str | Path, mutate: Callable[[dict], None]) -> dict:
     mutate(results)
     write_json(path, results)
     return results
+
+
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[key]``, to the 10 ms results record."""
+    started = time.perf_counter()
+    yield
+    seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - started, 2)
 
 
 def library_versions() -> dict[str, str]:

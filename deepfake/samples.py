@@ -89,6 +89,7 @@ def _reuse_or_generate(kind: str, config: Config, fingerprint: str, make) -> Ima
 
 
 def sample_manifest(out_dir: str | Path) -> dict:
+    """What a samples folder holds: its fingerprint, how it was made, and each file's source and label."""
     return read_json(Path(out_dir) / MANIFEST)
 
 
@@ -106,10 +107,9 @@ def _write_samples(out_dir: Path, samples: ImageSet, fingerprint: str, extra: li
 
 
 def _load_cached(out_dir: Path, fingerprint: str, size: int) -> ImageSet | None:
-    manifest_path = out_dir / MANIFEST
-    if not manifest_path.exists():
+    if not (out_dir / MANIFEST).exists():
         return None
-    manifest = read_json(manifest_path)
+    manifest = sample_manifest(out_dir)
     files = [out_dir / item["file"] for item in manifest["items"]]
     if manifest.get("fingerprint") != fingerprint or not all(f.exists() for f in files):
         return None
