@@ -255,10 +255,19 @@ def resolve_data_dir(data_dir: str | Path, explicit: bool, demo_root: str | Path
 # Split
 # ---------------------------------------------------------------------------------------------
 
-def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded, disjoint train/validation indices (sorted), made before anything is derived."""
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int,
+                  source: str = "the labelled images") -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded, disjoint train/validation indices (sorted), made before anything is derived.
+
+    DataError, naming ``source``, when the images are too few for both classes on both sides.
+    """
     indices = np.arange(len(labels))
-    train, val = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=labels)
+    try:
+        train, val = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=labels)
+    except ValueError as error:
+        counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+        raise DataError(f"{source} ({', '.join(f'{n} {c}' for n, c in zip(counts, CLASS_NAMES))}) are too few for "
+                        f"a stratified split with {val_fraction:g} of them for validation: add images") from error
     return np.sort(train), np.sort(val)
 
 

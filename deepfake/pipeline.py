@@ -66,7 +66,8 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         data_dir = resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo")
         config.data_dir = str(data_dir)
         labelled = load_labelled(data_dir, config.image_size)
-        train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed)
+        train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed,
+                                           source=f"the images in {data_dir}")
         train, val = labelled.subset(train_idx), labelled.subset(val_idx)
         checkpoint_dir, data_id = Path(config.checkpoint_dir), split_id(train)
         save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,

@@ -133,6 +133,8 @@ def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path, monkeypa
     assert np.bincount(data.labels[val]).tolist() == [5, 8]
     assert np.array_equal(split_indices(data.labels, 0.2, seed=1)[1], val)
     assert not np.array_equal(split_indices(data.labels, 0.2, seed=2)[1], val)
+    with pytest.raises(DataError, match=r"the images in x \(1 real, 2 fake\) are too few .* 0.5 .*: add images"):
+        split_indices(np.array([0, 1, 1]), 0.5, seed=1, source="the images in x")
     save_split(tmp_path / "split.json", data.subset(train), data.subset(val), seed=1, data_dir=str(root))
     train_set, val_set, meta = load_split(tmp_path / "split.json")
     assert meta == {"seed": 1, "data_dir": str(root)}
