@@ -235,7 +235,6 @@ def showcase_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
-
 def _log_summary(name: str, evaluation: dict) -> None:
     eps = headline_epsilons(evaluation["settings"]["epsilons"])[0]
     for phase in PHASES:

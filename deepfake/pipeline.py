@@ -258,7 +258,6 @@ def _class_counts(images: ImageSet) -> dict[str, int]:
     return {"real": int((images.labels == 0).sum()), "fake": int((images.labels == 1).sum())}
 
 
-
 def load_run_config(checkpoint_dir: str | Path) -> Config:
     """The config a finished training run recorded, for evaluation and the ensemble.
 
