@@ -1,10 +1,13 @@
 import argparse
 import json
 import re
+from dataclasses import fields
 
 import pytest
 
-from deepfake.config import MODEL_NAMES, PRESETS, add_config_arguments, config_from_args, config_from_dict, make_config
+from deepfake.config import (
+    MODEL_NAMES, PRESETS, TRAINING_KEYS, Config, add_config_arguments, config_from_args, config_from_dict, make_config,
+)
 from deepfake.errors import ConfigError
 
 
@@ -73,6 +76,17 @@ def test_dict_round_trip_and_fingerprint():
     assert again == config
     assert again.fingerprint(("seed", "lr")) == config.fingerprint(("seed", "lr"))
     assert make_config("quick", seed=4).fingerprint(("seed",)) != config.fingerprint(("seed",))
+
+
+# Fields that change where outputs go, what is evaluated or how fast: never what a trained model is.
+NOT_TRAINING = {"preset", "data_dir", "generated_dir", "checkpoint_dir", "viz_dir", "models", "device", "threads",
+                "eval_epsilons", "pgd_steps", "corruption_severities", "gradcam_images", "eval_batch_size", "tta_flip"}
+
+
+def test_every_field_is_either_a_training_key_or_known_not_to_change_a_model():
+    """A field missing from TRAINING_KEYS would let a rerun reuse checkpoints trained with another value."""
+    names = {f.name for f in fields(Config)}
+    assert set(TRAINING_KEYS) | NOT_TRAINING == names and not set(TRAINING_KEYS) & NOT_TRAINING
 
 
 def test_set_overrides_any_field_with_its_type():

@@ -1,4 +1,5 @@
 """Evaluation: the attack sweep's values, the evaluation recorded in results.json, its figures and report."""
+import shutil
 from pathlib import Path
 
 import cv2
@@ -81,6 +82,25 @@ def test_evaluate_only_without_checkpoints_names_the_command(tmp_path, capsys):
     assert code == 2
     assert str(tmp_path / "none") in error and "run `python deepfake_detection.py` first" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_evaluate_only_reevaluates_a_copied_run_as_it_was_configured(tiny_run, tmp_path):
+    source, copy = Path(tiny_run.checkpoint_dir), tmp_path / "copy" / "checkpoints"
+    copy.mkdir(parents=True)
+    for name in ("split.json", "results.json"):
+        shutil.copy(source / name, copy / name)
+    checkpoints = {path: path.stat().st_mtime_ns for path in source.glob("*.pt")}
+    for path in checkpoints:
+        (copy / path.name).symlink_to(path)  # the copy's checkpoints, only read
+    original_report = (Path(tiny_run.viz_dir) / REPORT_NAME).read_bytes()
+
+    assert deepfake_detection.main(["--evaluate-only", "--checkpoint-dir", str(copy), "--device", "cpu"]) == 0
+    results = load_results(results_path(copy))
+    for name in tiny_run.models:  # the run's own (tiny) settings, not the command line's default preset
+        assert results["models"][name]["evaluation"]["settings"]["epsilons"] == sorted(tiny_run.eval_epsilons)
+    assert f"## {tiny_run.models[0]}" in (tmp_path / "copy" / "visualizations" / REPORT_NAME).read_text()
+    assert (Path(tiny_run.viz_dir) / REPORT_NAME).read_bytes() == original_report
+    assert {path: path.stat().st_mtime_ns for path in checkpoints} == checkpoints
 
 
 # ---------------------------------------------------------------------------------------------

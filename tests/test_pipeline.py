@@ -8,7 +8,10 @@ import torch
 from conftest import run_config
 
 from deepfake.config import MODEL_NAMES, make_config
+from deepfake.data import load_split
+from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
+from deepfake.metrics import classification_metrics
 from deepfake.models import load_checkpoint, read_checkpoint
 from deepfake.pipeline import _images_to_pseudo_label, load_run_config, run
 from deepfake.report import REPORT_NAME
@@ -25,14 +28,17 @@ def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
     counts = results["data"]["counts"]
     assert counts["augmented"] == {"real": tiny_run.augment_per_class, "fake": tiny_run.augment_per_class}
     assert sum(counts["adversarial"].values()) == tiny_run.adversarial_count
-    assert results["adversarial_samples"]["crafted_by"] in MODEL_NAMES
+    base_accuracy = {name: results["models"][name]["val"]["base"]["accuracy"] for name in MODEL_NAMES}
+    assert results["adversarial_samples"]["crafted_by"] == max(MODEL_NAMES, key=base_accuracy.get)
+    _, val, _ = load_split(checkpoints / "split.json", tiny_run.image_size)
     for name in MODEL_NAMES:
         entry = results["models"][name]
         for phase in ("base", "final"):
             path = checkpoints / f"{name}_{phase}.pt"
             assert entry["checkpoints"][phase] == str(path)
             assert read_checkpoint(path)["phase"] == phase
-            assert 0.0 <= entry["val"][phase]["accuracy"] <= 1.0
+            rescored = classification_metrics(val.labels, predict_fake_proba(load_checkpoint(path), val.images))
+            assert rescored["accuracy"] == entry["val"][phase]["accuracy"], "the saved weights are the scored ones"
         final = load_checkpoint(checkpoints / f"{name}_final.pt")
         assert not final.training and (final.spectrum is not None) == (name in tiny_run.spectrum_models)
         assert final.width == dict(tiny_run.model_width).get(name, 1.0)

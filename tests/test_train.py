@@ -56,6 +56,30 @@ def test_adversarial_finetune_raises_accuracy_under_fgsm(toy_split, trades_beta)
     assert final.best_epoch == 8, "phase 2 keeps its last weights"
 
 
+def linear_model() -> nn.Module:
+    """No batch norm: with a zero learning rate its predictions never change."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+
+
+def test_learning_rate_follows_the_cosine_down_to_a_hundredth_of_the_peak(toy_split):
+    train, val = toy_split
+    config = make_config("tiny", batch_size=32, base_epochs=5, patience=5, warmup_epochs=1, lr=1e-3,
+                         max_steps_per_epoch=0)
+    lrs = [row["lr"] for row in train_phase(linear_model(), train, val, config, base_settings(config), CPU).history]
+    assert 0.5e-3 < lrs[0] < 1e-3, "after the warmup epoch the rate is near its peak"
+    assert all(later < earlier for earlier, later in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(1e-5)
+
+
+def test_base_phase_stops_after_patience_epochs_without_a_better_score(toy_split, capsys):
+    train, val = toy_split
+    config = make_config("tiny", batch_size=32, base_epochs=30, patience=2, lr=0.0, max_steps_per_epoch=0)
+    result = train_phase(linear_model(), train, val, config, base_settings(config), CPU)
+    assert (len(result.history), result.best_epoch) == (3, 1)
+    assert "early stop, no better val accuracy for 2 epochs" in capsys.readouterr().out
+
+
 def test_diverging_loss_stops_with_a_clear_message(toy_split):
     train, val = toy_split
     config = make_config("tiny", lr=1e12, batch_size=32, base_epochs=3, max_steps_per_epoch=5)
