@@ -51,11 +51,13 @@ class EnsembleError(DeepfakeError):
 
 @dataclass
 class Member:
-    """One detector of the ensemble: its checkpoint file and the validation metrics it is weighed by."""
+    """One detector of the ensemble: its checkpoint file, the validation metrics it is weighed by and the
+    id of the split it was trained on (None for checkpoints that predate split ids)."""
 
     name: str
     checkpoint: Path
     val_metrics: dict
+    data_id: str | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +73,9 @@ def run_members(results: dict, checkpoint_dir: Path) -> list[Member]:
             log.warning("%s has no final checkpoint (%s); left out of the ensemble", name,
                         entry.get("error", "training did not finish"))
             continue
-        members.append(Member(name, _locate(Path(final), checkpoint_dir), entry.get("val", {}).get("final", {})))
+        checkpoint = _locate(Path(final), checkpoint_dir)
+        members.append(Member(name, checkpoint, entry.get("val", {}).get("final", {}),
+                              _checkpoint_metrics(checkpoint).get("data_id")))
     if not members:
         raise EnsembleError(f"no final checkpoints recorded in {results_path(checkpoint_dir)}: {TRAIN_FIRST}")
     return members
@@ -90,10 +94,12 @@ def explicit_members(paths: list[Path]) -> list[Member]:
         raise EnsembleError("a checkpoint is listed twice in --checkpoints; list each file once")
     stems = [path.stem for path in paths]
     names = stems if len(set(stems)) == len(stems) else [str(path) for path in paths]
-    return [
-        Member(name, path, (read_checkpoint(path).get("metrics") or {}).get("val", {}))
-        for name, path in zip(names, paths)
-    ]
+    metrics = [_checkpoint_metrics(path) for path in paths]
+    return [Member(name, path, m.get("val", {}), m.get("data_id")) for name, path, m in zip(names, paths, metrics)]
+
+
+def _checkpoint_metrics(path: Path) -> dict:
+    return read_checkpoint(path).get("metrics") or {}
 
 
 def trained_on_this_split(members: list[Member], split_file: Path, data_id: str | None,
@@ -107,7 +113,7 @@ def trained_on_this_split(members: list[Member], split_file: Path, data_id: str 
     """
     if data_id is None:
         return members
-    foreign = [m for m in members if (read_checkpoint(m.checkpoint).get("metrics") or {}).get("data_id") != data_id]
+    foreign = [m for m in members if m.data_id != data_id]
     if foreign and explicit:
         raise EnsembleError(f"{foreign[0].checkpoint} was not trained on the split in {split_file}, so its "
                             f"validation scores would count images it trained on: list checkpoints of this run, "
