@@ -195,7 +195,7 @@ class _ModelTrainer:
             def record_failure(results: dict) -> None:
                 # The checkpoints an earlier run recorded for this phase and the next are not this config's.
                 entry = results["models"].setdefault(name, {})
-                entry["error"] = message
+                entry.update(error=message, data_id=self.data_id)
                 for stale in ("base", "final") if phase == "base" else ("final",):
                     entry.get("checkpoints", {}).pop(stale, None)
 

@@ -106,6 +106,7 @@ def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_div
         run(run_config(tmp_path, data, models=("resnet_se",), lr=1e12))
     entry = load_results(results_path(tmp_path / "checkpoints"))["models"]["resnet_se"]
     assert "lower the learning rate" in entry["error"] and entry["checkpoints"] == {}
+    assert entry["data_id"] == results["models"]["resnet_se"]["data_id"], "the failure is this split's"
 
 
 @pytest.mark.parametrize("recorded,figures", [
