@@ -122,7 +122,7 @@ def trained_on_this_split(members: list[Member], split_file: Path, data_id: str 
         log.warning("%s (%s) was not trained on the split in %s; left out of the ensemble (retrain it with "
                     "`python deepfake_detection.py --models %s`)", member.name, member.checkpoint, split_file,
                     member.name)
-    kept = [m for m in members if m not in foreign]
+    kept = [m for m in members if m.data_id == data_id]
     if not kept:
         raise EnsembleError(f"no final checkpoint in {split_file.parent} was trained on its split: {TRAIN_FIRST}")
     return kept
