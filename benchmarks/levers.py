@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmark import CORRUPTIONS, SHARED, corrupted_accuracy, write_results_markdown  # noqa: E402  (this folder)
 from deepfake.attacks import pgd  # noqa: E402
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides  # noqa: E402
-from deepfake.data import ImageSet, load_split, load_test, split_id, split_indices  # noqa: E402
+from deepfake.data import ImageSet, images_digest, load_split, load_test, split_indices  # noqa: E402
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import build_from_config  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> int:
     train, val, _ = load_split(args.run_dir / "checkpoints" / SPLIT_NAME, config.image_size)
     if args.train_fraction < 1:
         train = train.subset(split_indices(train.labels, 1 - args.train_fraction, config.seed)[0])
-    pool = ImageSet.concat(train, augmented_samples(train, config, split_id(train)))
+    pool = ImageSet.concat(train, augmented_samples(train, config, images_digest(train)))
 
     seed_everything(config.seed)  # each phase starts where the pipeline's does, so a row reproduces its model
     model = build_from_config(args.model, config).to(device)

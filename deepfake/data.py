@@ -271,14 +271,15 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int,
     return np.sort(train), np.sort(val)
 
 
-def split_id(train: ImageSet) -> str:
-    """Short hash of the training split (paths, labels and pixels).
+def images_digest(images: ImageSet) -> str:
+    """Short hash of an image set (paths, labels and pixels).
 
-    Checkpoints and generated samples carry it, so a model or sample made from another split, or from
-    images since replaced under the same names, is never taken for one of this split's.
+    The training split's digest is its id: checkpoints and generated samples carry it, so a model or
+    sample made from another split, or from images since replaced under the same names, is never taken
+    for one of this split's. The pseudo-labelled test images' digest ties phase 2 to those images.
     """
-    digest = hashlib.sha1("\n".join(train.paths).encode())
-    for array in (train.labels, train.images):
+    digest = hashlib.sha1("\n".join(images.paths).encode())
+    for array in (images.labels, images.images):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:12]
 

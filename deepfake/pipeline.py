@@ -17,11 +17,11 @@ from torch import nn
 
 from .config import TRAINING_KEYS, Config, config_from_dict
 from .data import (
-    ImageSet, find_test_dir, load_labelled, load_test, resolve_data_dir, save_split, split_id, split_indices,
+    ImageSet, find_test_dir, images_digest, load_labelled, load_test, resolve_data_dir, save_split, split_indices,
 )
 from .inference import select_device
 from .models import CheckpointError, build_from_config, load_checkpoint, read_checkpoint, save_checkpoint
-from .pseudo_labels import images_digest, pseudo_labelled
+from .pseudo_labels import pseudo_labelled
 from .results import library_versions, machine_description, results_path, timed, update_results
 from .samples import adversarial_samples, augmented_samples
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, seed_everything, train_phase
@@ -69,7 +69,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed,
                                            source=f"the images in {data_dir}")
         train, val = labelled.subset(train_idx), labelled.subset(val_idx)
-        checkpoint_dir, data_id = Path(config.checkpoint_dir), split_id(train)
+        checkpoint_dir, data_id = Path(config.checkpoint_dir), images_digest(train)
         save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
                    val_fraction=config.val_fraction, data_id=data_id)
     log.info("data: %s | train %d, validation %d images", data_dir, len(train), len(val))

@@ -7,8 +7,6 @@ the calls use flip test-time augmentation, which makes them steadier than one vi
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
@@ -23,8 +21,3 @@ def pseudo_labelled(
     fake = predict_fake_proba(model, unlabelled.images, batch_size=batch_size, device=device, tta_flip=True)
     keep = np.flatnonzero(np.maximum(fake, 1 - fake) >= confidence)
     return ImageSet(unlabelled.images[keep], (fake[keep] >= 0.5).astype(np.int64), [unlabelled.paths[i] for i in keep])
-
-
-def images_digest(images: ImageSet) -> str:
-    """Short hash of the pixels, so a phase-2 checkpoint is tied to the test images that were pseudo-labelled."""
-    return hashlib.sha1(np.ascontiguousarray(images.images).tobytes()).hexdigest()[:12]

@@ -3,8 +3,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepfake.data import ImageSet
-from deepfake.pseudo_labels import images_digest, pseudo_labelled
+from deepfake.data import ImageSet, images_digest
+from deepfake.pseudo_labels import pseudo_labelled
 
 
 class MeanBrightnessModel(nn.Module):
