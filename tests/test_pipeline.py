@@ -1,6 +1,7 @@
 """End to end on demo data: checkpoints, generated samples, results, resume."""
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,12 +53,22 @@ def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
         assert stage in results["timings"]
 
 
-def test_generated_samples_land_outside_the_input_data(tiny_run):
-    generated = Path(tiny_run.generated_dir)
+def test_samples_generated_inside_the_data_folder_are_not_read_back_as_labelled_images(tmp_path, demo_dir, caplog):
+    """The default layout writes data/generated/ inside data/: a rerun must see the same labelled images."""
+    data = shutil.copytree(demo_dir, tmp_path / "data")
+    config = replace(run_config(tmp_path, data, models=("resnet_se",)), generated_dir=str(data / "generated"))
+    run(config)
+    generated = data / "generated"
     for kind in ("augmented", "adversarial"):
         manifest = sample_manifest(generated / kind)
-        assert len(list((generated / kind).glob("*/*.png"))) == len(manifest["items"])
-    assert not list(Path(tiny_run.data_dir).rglob("generated"))
+        assert len(list((generated / kind).glob("*/*.png"))) == len(manifest["items"]) > 0
+    labelled = sorted(str(p) for p in (data / "train").rglob("*.png"))
+    train, val, _ = load_split(Path(config.checkpoint_dir) / "split.json", config.image_size)
+    assert sorted(train.paths + val.paths) == labelled
+
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        run(config)
+    assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
 
 
 def test_rerun_skips_finished_models_resumes_and_keeps_other_models(tmp_path, demo_dir, caplog):

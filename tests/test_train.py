@@ -248,3 +248,21 @@ def test_finetune_anchor_keeps_more_of_the_base_models_clean_calls(toy_split):
         with torch.no_grad():
             kept[weight] = (model.eval()(x).argmax(1) == base_calls).float().mean().item()
     assert kept[5.0] > kept[0.0] + 0.05, f"share of the base model's calls kept: {kept}"
+
+
+def test_weight_ema_is_what_validation_scores_and_what_the_phase_keeps(toy_split):
+    """The EMA lags the trained weights; the kept model must be the averaged one, scored as recorded."""
+    train, val = toy_split
+    config = make_config("tiny", batch_size=32, base_epochs=3, patience=3, lr=3e-3, max_steps_per_epoch=4)
+    start = [p.detach().clone() for p in linear_model().parameters()]
+
+    def distance_from_start(model: nn.Module) -> float:
+        return sum((p.detach() - p0).norm().item() for p, p0 in zip(model.parameters(), start))
+
+    trained, averaged = linear_model(), linear_model()
+    train_phase(trained, train, val, config, base_settings(config), CPU)
+    result = train_phase(averaged, train, val, replace(config, ema_decay=0.9), base_settings(config), CPU)
+    assert 0 < distance_from_start(averaged) < 0.8 * distance_from_start(trained)
+    with torch.no_grad():
+        calls = averaged.eval()(to_float(as_nchw_uint8(val.images), CPU)).argmax(1).numpy()
+    assert (calls == val.labels).mean() == pytest.approx(result.history[result.best_epoch - 1]["val_acc"])
