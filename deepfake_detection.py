@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain models whose checkpoints match the config")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="re-evaluate the run in --checkpoint-dir as it was trained, no training (of the other "
-                             "flags only --device applies; figures go beside the run)")
+                             "flags only --device and --models apply; figures go beside the run)")
     args = parser.parse_args(argv)
     from deepfake.pipeline import run  # torch loads here, so --help and usage errors stay instant
 

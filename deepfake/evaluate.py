@@ -46,11 +46,14 @@ def evaluate_run(config: Config, device: torch.device) -> dict:
     checkpoint_dir = Path(config.checkpoint_dir)
     path = results_path(checkpoint_dir)
     results = load_results(path)
-    # Models of this run only: a `--models` subset leaves the other models' evaluations as they were.
-    trained = [name for name, entry in results.get("models", {}).items()
-               if entry.get("checkpoints") and name in config.models]
-    if not trained:
+    # The models asked for only: a `--models` subset leaves the other models' evaluations as they were.
+    available = [name for name, entry in results.get("models", {}).items() if entry.get("checkpoints")]
+    if not available:
         raise CheckpointError(f"no trained checkpoints in {checkpoint_dir}: run `python deepfake_detection.py` first")
+    trained = [name for name in available if name in config.models]
+    if not trained:
+        raise CheckpointError(f"{checkpoint_dir} has checkpoints for {', '.join(available)} only: pass --models "
+                              f"with some of those, or train {', '.join(config.models)} first")
 
     _, val, _ = load_split(checkpoint_dir / SPLIT_NAME, config.image_size)  # DataError naming the fix if missing
     corrupted = corrupted_sets(val.images, config.corruption_severities, config.seed)

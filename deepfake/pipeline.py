@@ -56,8 +56,9 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     from .evaluate import evaluate_run
 
     if evaluate_only:
-        # Re-evaluate the run as it was configured; only where it lives and where to compute may differ.
-        recorded = replace(load_run_config(config.checkpoint_dir), device=config.device)
+        # Re-evaluate the run as it was configured; only where it lives, where to compute and which of its
+        # models (every one trained, unless --models picks some) may differ.
+        recorded = replace(load_run_config(config.checkpoint_dir), device=config.device, models=config.models)
         return evaluate_run(recorded, setup_runtime(recorded))
     device = setup_runtime(config)
 

@@ -14,6 +14,7 @@ from deepfake.corruptions import CORRUPTIONS
 from deepfake.data import ImageSet, save_split
 from deepfake.evaluate import adversarial_examples, attack_sweep, clean_metrics, evaluate_run, showcase_indices
 from deepfake.inference import predict_fake_proba
+from deepfake.io import write_json
 from deepfake.models import build_model, save_checkpoint
 from deepfake.plots import OVERVIEW_NAME, figure_names
 from deepfake.report import REPORT_NAME
@@ -84,14 +85,20 @@ def test_evaluate_only_without_checkpoints_names_the_command(tmp_path, capsys):
     assert len(error.strip().splitlines()) == 1
 
 
-def test_evaluate_only_reevaluates_a_copied_run_as_it_was_configured(tiny_run, tmp_path):
-    source, copy = Path(tiny_run.checkpoint_dir), tmp_path / "copy" / "checkpoints"
+def copy_run(run, destination: Path) -> Path:
+    """The run's split and results copied, its checkpoints linked (only read)."""
+    source, copy = Path(run.checkpoint_dir), destination / "checkpoints"
     copy.mkdir(parents=True)
     for name in ("split.json", "results.json"):
         shutil.copy(source / name, copy / name)
-    checkpoints = {path: path.stat().st_mtime_ns for path in source.glob("*.pt")}
-    for path in checkpoints:
-        (copy / path.name).symlink_to(path)  # the copy's checkpoints, only read
+    for path in source.glob("*.pt"):
+        (copy / path.name).symlink_to(path)
+    return copy
+
+
+def test_evaluate_only_reevaluates_a_copied_run_as_it_was_configured(tiny_run, tmp_path):
+    copy = copy_run(tiny_run, tmp_path / "copy")
+    checkpoints = {path: path.stat().st_mtime_ns for path in Path(tiny_run.checkpoint_dir).glob("*.pt")}
     original_report = (Path(tiny_run.viz_dir) / REPORT_NAME).read_bytes()
 
     assert deepfake_detection.main(["--evaluate-only", "--checkpoint-dir", str(copy), "--device", "cpu"]) == 0
@@ -101,6 +108,27 @@ def test_evaluate_only_reevaluates_a_copied_run_as_it_was_configured(tiny_run, t
     assert f"## {tiny_run.models[0]}" in (tmp_path / "copy" / "visualizations" / REPORT_NAME).read_text()
     assert (Path(tiny_run.viz_dir) / REPORT_NAME).read_bytes() == original_report
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == checkpoints
+
+
+def test_evaluate_only_with_models_reevaluates_those_and_keeps_the_others(tiny_run, tmp_path, capsys):
+    copy = copy_run(tiny_run, tmp_path / "copy")
+    results = load_results(results_path(copy))
+    for entry in results["models"].values():
+        del entry["evaluation"]
+    write_json(results_path(copy), results)
+    common = ["--evaluate-only", "--checkpoint-dir", str(copy), "--device", "cpu"]
+
+    assert deepfake_detection.main([*common, "--models", "resnet_se"]) == 0
+    evaluated = {name for name, entry in load_results(results_path(copy))["models"].items() if "evaluation" in entry}
+    assert evaluated == {"resnet_se"}
+
+    del results["models"]["resnet_se"]
+    write_json(results_path(copy), results)
+    capsys.readouterr()
+    assert deepfake_detection.main([*common, "--models", "resnet_se"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "has checkpoints for convnext_tiny, efficientnet_b0 only: pass --models" in error
+    assert len(error.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------
