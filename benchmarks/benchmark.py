@@ -40,7 +40,7 @@ from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba,
 from deepfake.io import write_json, write_text  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import load_checkpoint  # noqa: E402
-from deepfake.results import load_results, machine_description, results_path  # noqa: E402
+from deepfake.results import kept_epochs, load_results, machine_description, results_path  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "synergy25"
 PGD_EPSILONS = {"2/255": 2 / 255, "4/255": 4 / 255, "8/255": 8 / 255}
@@ -207,6 +207,7 @@ def summarise_run(results: dict) -> dict:
             "val_base": entry.get("val", {}).get("base"),
             "val_final": entry.get("val", {}).get("final"),
             "best_epoch": entry.get("best_epoch"),
+            "averaged_epochs": entry.get("averaged_epochs", 0),
             "images_per_second": entry.get("images_per_second"),
             "wall_seconds": entry.get("wall_seconds"),
         }
@@ -255,14 +256,15 @@ def markdown_section(report: dict) -> str:
             *[pct(s.get(c)) for c in CORRUPTIONS],
         ]) + " |")
     lines += ["", "### Pipeline (validation split inside the pipeline part)\n",
-              "| model | val acc base | val acc final | best epoch | train img/s base | img/s fine-tune | s base "
+              "| model | val acc base | val acc final | base epochs kept | train img/s base | img/s fine-tune | s base "
               "| s fine-tune |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["run"]["models"].items():
         ips, wall = m.get("images_per_second") or {}, m.get("wall_seconds") or {}
         val_base, val_final = (m["val_base"] or {}).get("accuracy"), (m["val_final"] or {}).get("accuracy")
+        kept = kept_epochs(m["best_epoch"], m.get("averaged_epochs", 0))
         lines.append(f"| {name} | {pct(val_base)} | {pct(val_final)} "
-                     f"| {m['best_epoch']} | {ips.get('base', 0):.0f} | {ips.get('finetune', 0):.0f} "
+                     f"| {kept} | {ips.get('base', 0):.0f} | {ips.get('finetune', 0):.0f} "
                      f"| {wall.get('base', 0):.0f} | {wall.get('finetune', 0):.0f} |")
     check = report["run"].get("ensemble_threshold_check")
     if report["run"].get("ensemble_val"):

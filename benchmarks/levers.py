@@ -43,6 +43,7 @@ from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import build_from_config  # noqa: E402
 from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
 from deepfake.pseudo_labels import pseudo_labelled  # noqa: E402
+from deepfake.results import kept_epochs  # noqa: E402
 from deepfake.samples import augmented_samples  # noqa: E402
 from deepfake.train import base_settings, finetune_settings, seed_everything, train_phase  # noqa: E402
 
@@ -91,7 +92,7 @@ def main() -> int:
     record = {
         "model": args.model, "set": overrides, "config": {key: getattr(config, key) for key in TRAINING_KEYS},
         "train_fraction": args.train_fraction, "train_images": len(train),
-        "best_epoch": base.best_epoch,
+        "best_epoch": base.best_epoch, "averaged_epochs": base.averaged_epochs,
         "val_acc": [round(row["val_acc"], 3) for row in base.history],
         "val_auc": [round(row["val_auc"], 3) for row in base.history],
         "kept_val_acc": round(base.val_metrics["accuracy"], 3), "kept_val_acc_tta": tta_accuracy(model, val, device),
@@ -165,7 +166,8 @@ def write_table() -> None:
             "|---|---|---:|---:|---:|---|---|---|---|"]
     for (model, setting), record in latest.items():
         cells = [" / ".join(pct(record[key][k]) for k in keys) if key in record else "" for key, keys in TABLE_CELLS]
-        rows.append(f"| {model} | {setting} | {pct(record['kept_val_acc'])} ({record['best_epoch']}) "
+        kept = kept_epochs(record["best_epoch"], record.get("averaged_epochs", 0))
+        rows.append(f"| {model} | {setting} | {pct(record['kept_val_acc'])} ({kept}) "
                     f"| {pct(record.get('kept_val_acc_tta'))} | {pct(max(record['val_auc']))} | " + " | ".join(cells)
                     + " |")
     text = LEVERS_MD.read_text()

@@ -55,6 +55,9 @@ class Config:
     base_epochs: int = 50
     patience: int = 15  # epochs without a better validation select_metric
     select_metric: str = "auc"  # auc | accuracy: picks the best base epoch (the other breaks ties)
+    # > 0: phase 1 keeps the mean of its last N epochs' weights (batch-norm statistics recomputed on the
+    # training images) instead of its best epoch on validation, and runs every epoch (no early stopping)
+    average_epochs: int = 0
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0 disables the weight EMA
@@ -101,8 +104,8 @@ class Config:
 TRAINING_KEYS = (
     "seed", "pretrained", "spectrum_models", "bf16_models", "image_size", "val_fraction", "augmentation",
     "corruption_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay", "base_epochs", "patience",
-    "select_metric", "warmup_epochs", "label_smoothing", "ema_decay", "max_steps_per_epoch", "finetune_epochs",
-    "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps",
+    "select_metric", "average_epochs", "warmup_epochs", "label_smoothing", "ema_decay", "max_steps_per_epoch",
+    "finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps",
     "finetune_corruption_prob", "trades_beta", "finetune_anchor", "pseudo_label_confidence", "augment_per_class",
     "adversarial_count",
 )
@@ -158,8 +161,9 @@ PRESETS: dict[str, dict] = {
 # Values a run would crash on late (after minutes of training) or that would silently mean nothing.
 _AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetune_epochs", "finetune_attack_steps",
                  "pgd_steps", "eval_batch_size")
-_NOT_NEGATIVE = ("threads", "lr", "finetune_lr", "weight_decay", "warmup_epochs", "max_steps_per_epoch",
-                 "trades_beta", "finetune_anchor", "augment_per_class", "adversarial_count", "gradcam_images")
+_NOT_NEGATIVE = ("threads", "lr", "finetune_lr", "weight_decay", "average_epochs", "warmup_epochs",
+                 "max_steps_per_epoch", "trades_beta", "finetune_anchor", "augment_per_class", "adversarial_count",
+                 "gradcam_images")
 _SHARES = ("corruption_prob", "finetune_corruption_prob", "adv_ratio")  # in [0, 1]
 _BELOW_ONE = ("label_smoothing", "ema_decay")  # in [0, 1)
 
@@ -201,6 +205,8 @@ def _check_ranges(config: Config) -> None:
     bad += [f"{n}={value(n)} (in [0, 1])" for n in _SHARES if not 0 <= value(n) <= 1]
     bad += [f"{n}={value(n)} (in [0, 1))" for n in _BELOW_ONE if not 0 <= value(n) < 1]
     bad += [f"val_fraction={config.val_fraction} (between 0 and 1)"] if not 0 < config.val_fraction < 1 else []
+    bad += ([f"average_epochs={config.average_epochs} (at most base_epochs={config.base_epochs})"]
+            if config.average_epochs > config.base_epochs else [])
     bad += [f"{n} has {eps} (budgets are pixel units in [0, 1])" for n in ("fgsm_epsilons", "eval_epsilons")
             for eps in value(n) if not 0 <= eps <= 1]
     if bad:

@@ -219,7 +219,7 @@ class _ModelTrainer:
             entry.setdefault("wall_seconds", {})[settings.name] = outcome.seconds
             entry.setdefault("precision", {})[settings.name] = outcome.precision
             if settings.name == "base":
-                entry["best_epoch"] = outcome.best_epoch
+                entry["best_epoch"], entry["averaged_epochs"] = outcome.best_epoch, outcome.averaged_epochs
             results["timings"] = timings
 
         update_results(self.results_file, record)

@@ -12,6 +12,7 @@ from typing import Sequence
 from .data import CLASS_NAMES
 from .io import write_text
 from .plots import OVERVIEW_NAME, PHASE_SHORT, attack_accuracy, eps_label, figure_names, headline_epsilons
+from .results import kept_epochs
 
 REPORT_NAME = "report.md"
 CLEAN_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
@@ -150,7 +151,7 @@ def _training(entry: dict) -> str:
         if phase in entry.get("checkpoints", {}):
             rows.append((
                 history_key, len(entry.get("history", {}).get(history_key, [])),
-                entry.get("best_epoch", "") if phase == "base" else "last",
+                kept_epochs(entry.get("best_epoch"), entry.get("averaged_epochs", 0)) if phase == "base" else "last",
                 _num(entry.get("val", {}).get(phase, {}).get("accuracy")),
                 _num(entry.get("images_per_second", {}).get(history_key), 1),
                 _num(entry.get("wall_seconds", {}).get(history_key), 1), f"`{entry['checkpoints'][phase]}`",

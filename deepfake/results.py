@@ -59,3 +59,10 @@ def machine_description() -> str:
     import os
 
     return f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores"
+
+
+def kept_epochs(best_epoch: int | None, averaged_epochs: int = 0) -> str:
+    """Which base epochs a model's kept weights come from, for tables: ``24``, or ``21-30 (mean)``."""
+    if best_epoch is None:
+        return ""
+    return f"{best_epoch - averaged_epochs + 1}-{best_epoch} (mean)" if averaged_epochs else str(best_epoch)

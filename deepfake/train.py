@@ -11,11 +11,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
+from torch.optim.swa_utils import AveragedModel, update_bn
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
@@ -43,12 +45,14 @@ class PhaseSettings:
     corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
     bf16: bool = False  # bfloat16 autocast for the training steps; attack crafting and validation stay float32
     anchor: float = 0.0  # weight of KL(the phase's starting weights || the model) on the clean share (_batch_loss)
+    average_epochs: int = 0  # > 0: keep the mean of the last N epochs' weights (no early stopping, no best epoch)
 
 
 @dataclass
 class PhaseResult:
     history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int = 0  # the epoch whose weights are kept; with an average, the last one averaged
+    averaged_epochs: int = 0  # how many epochs' weights the kept model averages (0: one epoch's, unaveraged)
     val_metrics: dict = field(default_factory=dict)
     images_per_second: float = 0.0
     seconds: float = 0.0
@@ -58,8 +62,9 @@ class PhaseResult:
 def base_settings(config: Config, model: str | None = None) -> PhaseSettings:
     """Phase 1 for ``model``: its own learning rate if ``config.model_lr`` names one."""
     lr = dict(config.model_lr).get(model, config.lr)
-    return PhaseSettings("base", config.base_epochs, lr, 0.0, config.patience, config.corruption_prob,
-                         model in config.bf16_models)
+    patience = None if config.average_epochs else config.patience
+    return PhaseSettings("base", config.base_epochs, lr, 0.0, patience, config.corruption_prob,
+                         model in config.bf16_models, average_epochs=config.average_epochs)
 
 
 def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings:
@@ -78,8 +83,13 @@ def train_phase(
     settings: PhaseSettings,
     device: torch.device,
     label: str = "",
+    on_epoch: Callable[[int, torch.nn.Module, np.ndarray], None] | None = None,
 ) -> PhaseResult:
-    """Train in place; on return the model holds the phase's chosen weights (best or last)."""
+    """Train in place; on return the model holds the phase's chosen weights (best, last or averaged).
+
+    ``on_epoch(epoch, model, val_probs)`` sees each epoch's scored weights, for benchmarks that
+    compare ways of choosing them.
+    """
     generator = torch.Generator().manual_seed(config.seed + (0 if settings.name == "base" else 1))
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     if config.max_steps_per_epoch:
@@ -100,6 +110,8 @@ def train_phase(
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     anchor = _frozen_copy(model) if settings.anchor > 0 else None
 
+    average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
+    averaged = None
     result = PhaseResult(precision="bfloat16" if bf16 else "float32")
     best_score, best_state, stale = (-1.0, -1.0), None, 0
     train_seconds, images_seen, step = 0.0, 0, 0
@@ -135,10 +147,13 @@ def train_phase(
         images_seen += epoch_seen
 
         eval_model = ema.module if ema is not None else model
-        val = classification_metrics(
-            val_set.labels,
-            predict_fake_proba(eval_model, val_set.images, batch_size=config.eval_batch_size, device=device),
-        )
+        if average_from is not None and epoch >= average_from:
+            averaged = averaged or AveragedModel(eval_model, use_buffers=False)
+            averaged.update_parameters(eval_model)
+        val_probs = predict_fake_proba(eval_model, val_set.images, batch_size=config.eval_batch_size, device=device)
+        val = classification_metrics(val_set.labels, val_probs)
+        if on_epoch is not None:
+            on_epoch(epoch, eval_model, val_probs)
         row = {
             "epoch": epoch,
             "train_loss": epoch_loss / epoch_seen,
@@ -169,7 +184,18 @@ def train_phase(
                 break
     progress.close()
 
-    model.load_state_dict(best_state)
+    if averaged is None:
+        model.load_state_dict(best_state)
+    else:
+        model.load_state_dict(averaged.module.state_dict())
+        # Batch-norm statistics of the averaged weights, not the last epoch's: one pass over the training images.
+        update_bn((to_float(images[i:i + config.eval_batch_size], device)
+                   for i in range(0, len(images), config.eval_batch_size)), model)
+        result.best_epoch, result.averaged_epochs = settings.epochs, settings.average_epochs
+        result.val_metrics = classification_metrics(val_set.labels, predict_fake_proba(
+            model, val_set.images, batch_size=config.eval_batch_size, device=device))
+        progress.write(f"{label} {settings.name}: mean of epochs {average_from}-{settings.epochs} kept, "
+                       f"val acc {result.val_metrics['accuracy']:.4f}")
     result.seconds = train_seconds
     result.images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
     return result

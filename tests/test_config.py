@@ -110,6 +110,7 @@ def test_set_overrides_any_field_with_its_type():
     (["--set", "adv_ratio=1.3", "ema_decay=1.0", "lr=-1e-3"], "lr=-0.001 (not negative); adv_ratio=1.3 (in [0, 1]); "
                                                                "ema_decay=1.0 (in [0, 1))"),
     (["--set", "fgsm_epsilons=(8,)"], "fgsm_epsilons has 8 (budgets are pixel units in [0, 1])"),
+    (["--preset", "quick", "--set", "average_epochs=7"], "average_epochs=7 (at most base_epochs=6)"),
 ])
 def test_bad_set_fails_with_one_clear_line(argv, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -2,6 +2,7 @@
 import copy
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -266,3 +267,33 @@ def test_weight_ema_is_what_validation_scores_and_what_the_phase_keeps(toy_split
     with torch.no_grad():
         calls = averaged.eval()(to_float(as_nchw_uint8(val.images), CPU)).argmax(1).numpy()
     assert (calls == val.labels).mean() == pytest.approx(result.history[result.best_epoch - 1]["val_acc"])
+
+
+def test_average_epochs_keeps_the_mean_of_the_last_epochs_and_never_stops_early(toy_split):
+    train, val = toy_split
+    config = make_config("tiny", batch_size=32, base_epochs=4, patience=1, lr=3e-3, max_steps_per_epoch=3,
+                         average_epochs=2)
+    snapshots = {}
+    model = linear_model()
+    result = train_phase(model, train, val, config, base_settings(config), CPU,
+                         on_epoch=lambda epoch, m, _: snapshots.update({epoch: copy.deepcopy(m.state_dict())}))
+    assert len(result.history) == 4, "patience does not apply when the last epochs are averaged"
+    assert (result.best_epoch, result.averaged_epochs) == (4, 2)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, (snapshots[3][name] + snapshots[4][name]) / 2)
+    with torch.no_grad():
+        calls = model.eval()(to_float(as_nchw_uint8(val.images), CPU)).argmax(1).numpy()
+    assert (calls == val.labels).mean() == pytest.approx(result.val_metrics["accuracy"])
+
+
+def test_averaged_weights_get_batch_norm_statistics_of_their_own(toy_split):
+    train, val = toy_split
+    batches = 3  # equal batches, so the per-batch running mean is the mean over all training images
+    config = make_config("tiny", batch_size=32, base_epochs=2, lr=3e-3, max_steps_per_epoch=3, average_epochs=2,
+                         eval_batch_size=len(train) // batches)
+    train = train.subset(np.arange(batches * config.eval_batch_size))
+    model = toy_model()
+    train_phase(model, train, val, config, base_settings(config), CPU)
+    with torch.no_grad():
+        first_conv = model[0](to_float(as_nchw_uint8(train.images), CPU))
+    torch.testing.assert_close(model[1].running_mean, first_conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
