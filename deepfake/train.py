@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
-from torch.optim.swa_utils import AveragedModel, update_bn
 from timm.utils import ModelEmaV3
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
 from .attacks import eval_mode, fgsm, pgd, sample_epsilons
@@ -171,6 +171,8 @@ def train_phase(
             f"acc {row['train_acc']:.3f} | val acc {val['accuracy']:.4f} f1 {val['f1']:.4f} auc {auc_text} "
             f"| {epoch_seconds:.1f}s"
         )
+        if average_from is not None:
+            continue  # the kept weights are the mean of the last epochs (below): nothing to choose or stop on
         score = _selection_score(val, config.select_metric)
         if settings.patience is None or score > best_score:
             best_score, stale = score, 0
