@@ -29,15 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from levers import levers_data  # noqa: E402  (this folder)
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, make_config  # noqa: E402
-from deepfake.data import ImageSet, images_digest, load_split  # noqa: E402
 from deepfake.inference import predict_fake_proba  # noqa: E402
 from deepfake.io import write_text  # noqa: E402
 from deepfake.metrics import classification_metrics  # noqa: E402
 from deepfake.models import build_from_config  # noqa: E402
-from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
+from deepfake.pipeline import setup_runtime  # noqa: E402
 from deepfake.results import machine_description  # noqa: E402
-from deepfake.samples import augmented_samples  # noqa: E402
 from deepfake.train import base_settings, seed_everything, train_phase  # noqa: E402
 
 RUN_DIR = REPO / "benchmarks" / "runs" / "full"
@@ -67,11 +66,8 @@ def main() -> int:
 def measure(model_name: str, seed: int, average: int, run_dir: Path) -> dict:
     """One phase-1 run: every epoch's validation probabilities and the averaged weights' ones."""
     config = make_config("full", seed=seed, average_epochs=average)
-    config.generated_dir = str(REPO / "benchmarks" / "runs" / "levers" / f"{config.augmentation}-"
-                               f"{config.augment_per_class}")
     device = setup_runtime(config)
-    train, val, _ = load_split(run_dir / "checkpoints" / SPLIT_NAME, config.image_size)
-    pool = ImageSet.concat(train, augmented_samples(train, config, images_digest(train)))
+    _, pool, val = levers_data(config, run_dir)
     epoch_probs: list[list[float]] = []
     seed_everything(config.seed)
     model = build_from_config(model_name, config).to(device)

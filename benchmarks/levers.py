@@ -77,13 +77,8 @@ def main() -> int:
 
     overrides = parse_overrides(args.set)
     config = make_config("full", **overrides)
-    samples = f"{config.augmentation}-{config.augment_per_class}"
-    config.generated_dir = str(REPO / "benchmarks" / "runs" / "levers" / samples)
     device = setup_runtime(config)
-    train, val, _ = load_split(args.run_dir / "checkpoints" / SPLIT_NAME, config.image_size)
-    if args.train_fraction < 1:
-        train = train.subset(split_indices(train.labels, 1 - args.train_fraction, config.seed)[0])
-    pool = ImageSet.concat(train, augmented_samples(train, config, images_digest(train)))
+    train, pool, val = levers_data(config, args.run_dir, args.train_fraction)
 
     seed_everything(config.seed)  # each phase starts where the pipeline's does, so a row reproduces its model
     model = build_from_config(args.model, config).to(device)
@@ -139,6 +134,19 @@ def attack_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device)
         attacked = pgd(model, images, labels, eps, steps=10, generator=generator) if eps else images
         scores[label] = round(count_correct(model, attacked, labels) / len(labels), 3)
     return scores
+
+
+def levers_data(config: Config, run_dir: Path, train_fraction: float = 1.0) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """(training split, it plus its augmented samples, validation split) of the benchmark's pipeline part.
+
+    The samples are cached under benchmarks/runs/levers, per augmentation and count, not in the run.
+    """
+    config.generated_dir = str(REPO / "benchmarks" / "runs" / "levers" / f"{config.augmentation}-"
+                               f"{config.augment_per_class}")
+    train, val, _ = load_split(run_dir / "checkpoints" / SPLIT_NAME, config.image_size)
+    if train_fraction < 1:
+        train = train.subset(split_indices(train.labels, 1 - train_fraction, config.seed)[0])
+    return train, ImageSet.concat(train, augmented_samples(train, config, images_digest(train))), val
 
 
 def write_table() -> None:
