@@ -72,6 +72,9 @@ class Config:
     finetune_corruption_prob: float = 0.0  # phase 2's corruption share, if above corruption_prob (train.py)
     trades_beta: float = 0.0  # > 0: TRADES-style loss on the adversarial share (train._batch_loss)
     finetune_anchor: float = 0.0  # > 0: weight of KL(base model || model) on phase 2's clean share (train._batch_loss)
+    # bf16_models also craft phase 2's adversarial share and compute its anchor targets under bfloat16 autocast,
+    # not only the training steps (train._phase2_precision); evaluation's attacks stay float32 either way
+    bf16_crafting: bool = False
     # > 0: phase 2 also trains on the unlabelled test images that the best base model calls with at least
     # this confidence (max of p(fake), p(real)), labelled with its calls (deepfake/pseudo_labels.py); off in
     # every preset: no gain on the pipeline's validation split (benchmarks/LEVERS.md, round 11)
@@ -106,7 +109,7 @@ TRAINING_KEYS = (
     "corruption_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay", "base_epochs", "patience",
     "select_metric", "average_epochs", "warmup_epochs", "label_smoothing", "ema_decay", "max_steps_per_epoch",
     "finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps",
-    "finetune_corruption_prob", "trades_beta", "finetune_anchor", "pseudo_label_confidence", "augment_per_class",
+    "finetune_corruption_prob", "trades_beta", "finetune_anchor", "bf16_crafting", "pseudo_label_confidence", "augment_per_class",
     "adversarial_count",
 )
 

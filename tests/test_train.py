@@ -178,9 +178,11 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
     assert losses[5] > losses[1], losses
 
 
+@pytest.mark.parametrize("bf16_crafting", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
-def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_split, monkeypatch, fast):
-    config = make_config("tiny", bf16_models=("resnet_se",), max_steps_per_epoch=1, finetune_attack_steps=1)
+def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_split, monkeypatch, fast, bf16_crafting):
+    config = make_config("tiny", bf16_models=("resnet_se",), max_steps_per_epoch=1, finetune_attack_steps=1,
+                         bf16_crafting=bf16_crafting)
     assert base_settings(config, "resnet_se").bf16 and finetune_settings(config, "resnet_se").bf16
     assert not base_settings(config, "convnext_tiny").bf16 and not finetune_settings(config).bf16
     monkeypatch.setattr(train_module, "bf16_is_fast", lambda device: fast)
@@ -200,7 +202,9 @@ def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_spl
     split = seen.index("validation")
     crafting, steps = seen[:split:2], seen[1:split:2]  # each step crafts its FGSM share, then trains
     assert set(steps) == {torch.bfloat16 if fast else torch.float32}
-    assert set(crafting) == set(seen[split + 1:]) == {torch.float32}, "attacks and validation run in float32"
+    assert set(seen[split + 1:]) == {torch.float32}, "validation runs in float32"
+    assert set(crafting) == {torch.bfloat16 if fast and bf16_crafting else torch.float32}, \
+        "the adversarial share is crafted in float32 unless bf16_crafting asks for the training step's precision"
     assert all(p.dtype == torch.float32 for p in model.parameters()), "autocast must leave the weights float32"
 
 
