@@ -208,6 +208,19 @@ def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_spl
     assert all(p.dtype == torch.float32 for p in model.parameters()), "autocast must leave the weights float32"
 
 
+@pytest.mark.parametrize("bf16_crafting", [False, True])
+def test_anchor_targets_are_float32_unless_bf16_crafting(toy_split, bf16_crafting):
+    train, _ = toy_split
+    x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
+    model = toy_model()
+    anchor, seen = _frozen_copy(model), []
+    anchor[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    config = make_config("tiny", fgsm_epsilons=(8 / 255,), bf16_crafting=bf16_crafting)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 training step the anchor sits in
+        _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0), anchor, 1.0)
+    assert seen == [torch.bfloat16 if bf16_crafting else torch.float32]
+
+
 def test_bf16_falls_back_to_float32_with_a_warning_without_native_support(monkeypatch, caplog):
     for name in train_module.NATIVE_BF16_PROBES:
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
