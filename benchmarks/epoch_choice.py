@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from levers import levers_data  # noqa: E402  (this folder)
+from levers import RUN_DIR, levers_data  # noqa: E402  (this folder)
 from deepfake.config import MODEL_NAMES, TRAINING_KEYS, make_config  # noqa: E402
 from deepfake.inference import predict_fake_proba  # noqa: E402
 from deepfake.io import write_text  # noqa: E402
@@ -39,7 +39,6 @@ from deepfake.pipeline import setup_runtime  # noqa: E402
 from deepfake.results import machine_description  # noqa: E402
 from deepfake.train import base_settings, seed_everything, train_phase  # noqa: E402
 
-RUN_DIR = REPO / "benchmarks" / "runs" / "full"
 RECORDS = REPO / "benchmarks" / "epoch_choice.jsonl"
 TABLE = REPO / "benchmarks" / "EPOCH_CHOICE.md"
 FOLDS, REPEATS = 4, 50
