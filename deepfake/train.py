@@ -45,6 +45,7 @@ class PhaseSettings:
     patience: int | None  # None: keep the last epoch (no early stopping)
     corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
     bf16: bool = False  # bfloat16 autocast for the training steps; validation (and crafting, _phase2_precision) float32
+    bf16_crafting: bool = False  # phase 2 crafts its attacks and anchor targets in the training step's precision
     anchor: float = 0.0  # weight of KL(the phase's starting weights || the model) on the clean share (_batch_loss)
     average_epochs: int = 0  # > 0: keep the mean of the last N epochs' weights (no early stopping, no best epoch)
 
@@ -73,7 +74,7 @@ def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings
     preset: it helped ResNet-SE under blur but cost the timm models clean accuracy, benchmarks/LEVERS.md)."""
     corruption = max(config.corruption_prob, config.finetune_corruption_prob)
     return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None, corruption,
-                         model in config.bf16_models, config.finetune_anchor)
+                         model in config.bf16_models, model in config.bf16_crafting, config.finetune_anchor)
 
 
 def train_phase(
@@ -126,7 +127,8 @@ def train_phase(
             idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
             with precision:
-                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator, anchor, settings.anchor)
+                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator, anchor, settings.anchor,
+                                           settings.bf16_crafting)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
@@ -238,7 +240,7 @@ def _training_batch(images, labels, idx, transform, seed, device):
     return to_float(to_tensor(augmented), device), labels[idx].to(device)
 
 
-def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0):
+def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0, bf16_crafting=False):
     """(loss, logits of the clean or mixed batch) with the first adv_ratio of the batch crafted against the
     current weights.
 
@@ -249,7 +251,8 @@ def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_w
     the paper's way to give up less clean accuracy for robustness (here it measured no better: LEVERS.md).
     With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight`` times the KL divergence from
     its predictions to the model's on the clean images is added, so phase 2 gives up fewer of the base model's
-    clean calls (``config.finetune_anchor``).
+    clean calls (``config.finetune_anchor``). Attacks and anchor targets are float32 unless ``bf16_crafting``
+    (_phase2_precision).
     """
     n_adv = int(round(len(x) * adv_ratio))
     smoothing = config.label_smoothing
@@ -257,19 +260,19 @@ def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_w
         logits = model(x)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x, logits
     elif config.trades_beta <= 0:
-        mixed = torch.cat([_adversarial(model, x[:n_adv], y[:n_adv], config, generator), x[n_adv:]])
+        mixed = torch.cat([_adversarial(model, x[:n_adv], y[:n_adv], config, generator, bf16_crafting), x[n_adv:]])
         logits = model(mixed)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x[n_adv:], logits[n_adv:]
     else:
         with torch.no_grad(), eval_mode(model):
             clean_prediction = model(x[:n_adv]).softmax(1)
-        adversarial = _adversarial(model, x[:n_adv], clean_prediction, config, generator)
+        adversarial = _adversarial(model, x[:n_adv], clean_prediction, config, generator, bf16_crafting)
         logits, adversarial_logits = model(torch.cat([x, adversarial])).split([len(x), n_adv])
         divergence = F.kl_div(adversarial_logits.log_softmax(1), logits[:n_adv].softmax(1), reduction="sum") / len(x)
         loss = F.cross_entropy(logits, y, label_smoothing=smoothing) + config.trades_beta * divergence
         clean, clean_logits = x, logits
     if anchor is not None:
-        with torch.no_grad(), _phase2_precision(x.device, config):
+        with torch.no_grad(), _phase2_precision(x.device, bf16_crafting):
             target = anchor(clean).softmax(1)
         loss = loss + anchor_weight * F.kl_div(clean_logits.float().log_softmax(1), target, reduction="batchmean")
     return loss, logits
@@ -282,23 +285,24 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return frozen
 
 
-def _adversarial(model, images, targets, config, generator):
+def _adversarial(model, images, targets, config, generator, bf16_crafting=False):
     """FGSM (or PGD-k) images for class or soft-probability targets, eps drawn per image from fgsm_epsilons.
 
-    Crafted in float32 even inside a bf16 training step, unless ``config.bf16_crafting`` (_phase2_precision)."""
+    Crafted in float32 even inside a bf16 training step, unless ``bf16_crafting`` (_phase2_precision)."""
     eps = sample_epsilons(len(images), config.fgsm_epsilons, generator).to(images.device)
     steps = config.finetune_attack_steps
-    with _phase2_precision(images.device, config):
+    with _phase2_precision(images.device, bf16_crafting):
         if steps > 1:
             return pgd(model, images, targets, eps, steps=steps, step_size=2.5 * eps / steps, generator=generator)
         return fgsm(model, images, targets, eps, random_start=config.fgsm_random_start, generator=generator)
 
 
-def _phase2_precision(device: torch.device, config: Config) -> ContextManager:
+def _phase2_precision(device: torch.device, bf16_crafting: bool) -> ContextManager:
     """Float32 for phase 2's attack crafting and anchor targets, so it trains on attacks as precise as the ones
-    it is evaluated against; with ``config.bf16_crafting``, the training step's own precision (bf16 for
-    bf16_models): ResNet-SE's phase 2 then runs about 1.4x faster here (benchmarks/LEVERS.md, round 17)."""
-    return contextlib.nullcontext() if config.bf16_crafting else torch.autocast(device.type, enabled=False)
+    it is evaluated against; with ``bf16_crafting`` (the models ``config.bf16_crafting`` names), the training
+    step's own precision: ResNet-SE's phase 2 then runs about 1.4x faster here, while ConvNeXt-Tiny lost 3 points
+    under PGD at 2/255 for 5-10 s (benchmarks/LEVERS.md, round 17)."""
+    return contextlib.nullcontext() if bf16_crafting else torch.autocast(device.type, enabled=False)
 
 
 def seed_everything(seed: int) -> None:

@@ -61,6 +61,10 @@ def test_unknown_names_fail_with_the_choices():
         make_config("full", spectrum_models=("resnet",))
     with pytest.raises(ConfigError, match="convnext; choose from"):
         make_config("full", model_width=(("convnext", 0.5),))
+    with pytest.raises(ConfigError, match="unknown bf16_crafting resnet; choose from"):
+        make_config("full", bf16_crafting=("resnet",))
+    with pytest.raises(ConfigError, match=r"bf16_crafting takes a tuple like \(1, 2\), got True"):
+        make_config("full", bf16_crafting=True)  # a bool before it became a per-model list
     with pytest.raises(ConfigError, match="multipliers must be positive, got resnet_se=0"):
         make_config("full", model_width=(("resnet_se", 0),))
     with pytest.raises(ConfigError, match="f1; choose from accuracy, auc"):

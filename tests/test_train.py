@@ -181,10 +181,13 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
 @pytest.mark.parametrize("bf16_crafting", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
 def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_split, monkeypatch, fast, bf16_crafting):
-    config = make_config("tiny", bf16_models=("resnet_se",), max_steps_per_epoch=1, finetune_attack_steps=1,
-                         bf16_crafting=bf16_crafting)
+    config = make_config("tiny", bf16_models=("resnet_se", "convnext_tiny"), max_steps_per_epoch=1,
+                         finetune_attack_steps=1, bf16_crafting=("resnet_se",) if bf16_crafting else ())
     assert base_settings(config, "resnet_se").bf16 and finetune_settings(config, "resnet_se").bf16
-    assert not base_settings(config, "convnext_tiny").bf16 and not finetune_settings(config).bf16
+    assert not base_settings(config, "efficientnet_b0").bf16 and not finetune_settings(config).bf16
+    assert finetune_settings(config, "resnet_se").bf16_crafting == bf16_crafting
+    assert not finetune_settings(config, "convnext_tiny").bf16_crafting, "only the models bf16_crafting names"
+    assert not base_settings(config, "resnet_se").bf16_crafting, "phase 1 crafts nothing"
     monkeypatch.setattr(train_module, "bf16_is_fast", lambda device: fast)
     model, seen = toy_model(), []
     model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
@@ -215,9 +218,9 @@ def test_anchor_targets_are_float32_unless_bf16_crafting(toy_split, bf16_craftin
     model = toy_model()
     anchor, seen = _frozen_copy(model), []
     anchor[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    config = make_config("tiny", fgsm_epsilons=(8 / 255,), bf16_crafting=bf16_crafting)
+    config = make_config("tiny", fgsm_epsilons=(8 / 255,))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 training step the anchor sits in
-        _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0), anchor, 1.0)
+        _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0), anchor, 1.0, bf16_crafting)
     assert seen == [torch.bfloat16 if bf16_crafting else torch.float32]
 
 
