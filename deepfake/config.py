@@ -203,6 +203,10 @@ def make_config(preset: str = "full", /, **overrides) -> Config:
         raise ConfigError(f"model_width multipliers must be positive, got {', '.join(bad_widths)}")
     if len(set(config.models)) < len(config.models):
         raise ConfigError(f"models names a model twice ({', '.join(config.models)}); name each once")
+    idle = [m for m in config.bf16_crafting if m not in config.bf16_models]
+    if idle:
+        raise ConfigError(f"bf16_crafting names {', '.join(idle)}, not in bf16_models: its training steps run in "
+                          f"float32, so it crafts in float32; add it to bf16_models or drop it from bf16_crafting")
     _check_ranges(config)
     return config
 

@@ -65,6 +65,11 @@ def test_unknown_names_fail_with_the_choices():
         make_config("full", bf16_crafting=("resnet",))
     with pytest.raises(ConfigError, match=r"bf16_crafting takes a tuple like \(1, 2\), got True"):
         make_config("full", bf16_crafting=True)  # a bool before it became a per-model list
+    with pytest.raises(ConfigError, match="bf16_crafting names efficientnet_b0, not in bf16_models"):
+        make_config("full", bf16_crafting=("efficientnet_b0",))
+    with pytest.raises(ConfigError, match="bf16_crafting names resnet_se, not in bf16_models"):
+        make_config("full", bf16_models=())  # full crafts in bf16 for ResNet-SE: turning bf16 off must say both
+    assert make_config("full", bf16_models=(), bf16_crafting=()).bf16_crafting == ()
     with pytest.raises(ConfigError, match="multipliers must be positive, got resnet_se=0"):
         make_config("full", model_width=(("resnet_se", 0),))
     with pytest.raises(ConfigError, match="f1; choose from accuracy, auc"):
