@@ -46,6 +46,7 @@ class Config:
     val_fraction: float = 0.2
     augmentation: str = "seed"  # seed | lossless (data.train_transform, data.sample_transform)
     corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
+    cutout_prob: float = 0.0  # share of training images given a grey square of half the side (data.train_transform)
     # Phase 1: base training
     batch_size: int = 128
     lr: float = 5e-4  # AdamW, peak of the cosine schedule
@@ -106,7 +107,7 @@ class Config:
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (
     "seed", "pretrained", "spectrum_models", "bf16_models", "image_size", "val_fraction", "augmentation",
-    "corruption_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay", "base_epochs", "patience",
+    "corruption_prob", "cutout_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay", "base_epochs", "patience",
     "select_metric", "average_epochs", "warmup_epochs", "label_smoothing", "ema_decay", "max_steps_per_epoch",
     "finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start", "finetune_attack_steps",
     "finetune_corruption_prob", "trades_beta", "finetune_anchor", "bf16_crafting", "pseudo_label_confidence",
@@ -173,7 +174,7 @@ _AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetun
 _NOT_NEGATIVE = ("threads", "lr", "finetune_lr", "weight_decay", "average_epochs", "warmup_epochs",
                  "max_steps_per_epoch", "trades_beta", "finetune_anchor", "augment_per_class", "adversarial_count",
                  "gradcam_images")
-_SHARES = ("corruption_prob", "finetune_corruption_prob", "adv_ratio")  # in [0, 1]
+_SHARES = ("corruption_prob", "cutout_prob", "finetune_corruption_prob", "adv_ratio")  # in [0, 1]
 _BELOW_ONE = ("label_smoothing", "ema_decay")  # in [0, 1)
 
 

@@ -327,13 +327,16 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
-def train_transform(style: str = "lossless", size: int = 32, corruption_prob: float = 0.0) -> A.Compose:
+def train_transform(style: str = "lossless", size: int = 32, corruption_prob: float = 0.0,
+                    cutout_prob: float = 0.0) -> A.Compose:
     """The per-batch jitter of training.
 
     "lossless" only moves pixels (mirror, shift by up to 1/16 of the side, borders reflected), so the
     generator's pixel-level traces survive; "seed" is the seed notebook's jitter (small rotations and
     colour jitter, which resample and recolour the image). Measured in benchmarks/LEVERS.md.
-    ``corruption_prob`` of the images then get one random everyday corruption (:func:`training_corruption`).
+    ``corruption_prob`` of the images then get one random everyday corruption (:func:`training_corruption`),
+    and ``cutout_prob`` of them a mid-grey square of half the side (Cutout, DeVries and Taylor 2017: a
+    regulariser that hides part of each image without resampling the rest).
     """
     if style == "lossless":
         jitter = [A.HorizontalFlip(p=0.5), *_whole_pixel_shift(size, size // 8)]
@@ -344,7 +347,10 @@ def train_transform(style: str = "lossless", size: int = 32, corruption_prob: fl
             A.Affine(rotate=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=0.3),
             A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.3),
         ]
-    return A.Compose(jitter + ([training_corruption(corruption_prob)] if corruption_prob > 0 else []))
+    corruption = [training_corruption(corruption_prob)] if corruption_prob > 0 else []
+    cutout = [A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(size // 2, size // 2),
+                              hole_width_range=(size // 2, size // 2), fill=128, p=cutout_prob)] if cutout_prob > 0 else []
+    return A.Compose(jitter + corruption + cutout)
 
 
 def training_corruption(p: float) -> A.OneOf:

@@ -105,7 +105,7 @@ def train_phase(
         warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
     )
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
-    transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
+    transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob, config.cutout_prob)
     images = to_tensor(train_set.images)
     labels = torch.from_numpy(train_set.labels)
     bf16 = settings.bf16 and bf16_is_fast(device)

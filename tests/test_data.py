@@ -280,6 +280,17 @@ def test_corruption_prob_corrupts_about_that_share_of_training_images():
         assert low <= share <= high, (prob, share)
 
 
+def test_cutout_prob_greys_a_square_of_half_the_side_in_that_share_of_images():
+    images = np.stack([rgb(i) for i in range(200)])
+    images[images == 128] = 127  # so every mid-grey pixel of the output is cutout's
+    for prob, low, high in [(0.0, 0.0, 0.0), (0.5, 0.4, 0.6), (1.0, 1.0, 1.0)]:
+        outputs = augment(images, train_transform("lossless", 32, cutout_prob=prob), seed=3)
+        grey = (outputs == 128).all(axis=-1)
+        holes = [g.sum() for g in grey if g.any()]
+        assert low <= len(holes) / len(images) <= high, (prob, len(holes))
+        assert set(holes) <= {256}, "one whole 16x16 square"
+
+
 def test_challenge_data_loads_in_file_order(shared_data):
     data = load_labelled(shared_data)
     assert data.images.shape == (1400, 32, 32, 3) and np.bincount(data.labels).tolist() == [700, 700]

@@ -116,9 +116,9 @@ def test_finetune_corruption_prob_raises_the_corrupted_share_of_phase_2_only(toy
     assert finetune_settings(make_config("tiny", corruption_prob=0.3)).corruption_prob == 0.3  # never below phase 1
     shares = []
 
-    def recording_transform(style, size, prob):
+    def recording_transform(style, size, prob, cutout_prob):
         shares.append(prob)
-        return train_transform(style, size, prob)
+        return train_transform(style, size, prob, cutout_prob)
 
     monkeypatch.setattr(train_module, "train_transform", recording_transform)
     train, val = toy_split
