@@ -348,8 +348,9 @@ def train_transform(style: str = "lossless", size: int = 32, corruption_prob: fl
             A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.3),
         ]
     corruption = [training_corruption(corruption_prob)] if corruption_prob > 0 else []
-    cutout = [A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(size // 2, size // 2),
-                              hole_width_range=(size // 2, size // 2), fill=128, p=cutout_prob)] if cutout_prob > 0 else []
+    half = (size // 2, size // 2)
+    cutout = [A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=half, hole_width_range=half, fill=128,
+                              p=cutout_prob)] if cutout_prob > 0 else []
     return A.Compose(jitter + corruption + cutout)
 
 
