@@ -49,6 +49,9 @@ class Config:
     # share of training images given a grey square of half the side (data.train_transform); off in every preset:
     # ResNet-SE lost 2.0 to 4.6 validation points to it on each of four seeds (benchmarks/LEVERS.md, round 19)
     cutout_prob: float = 0.0
+    # > 0: phase 1 trains on mixup batches (Zhang et al. 2018): each image blended with another of the batch by a
+    # weight drawn from Beta(alpha, alpha), the loss on the labels blended alike (train._mixup); phase 2 never
+    mixup_alpha: float = 0.0
     # Phase 1: base training
     batch_size: int = 128
     lr: float = 5e-4  # AdamW, peak of the cosine schedule
@@ -109,8 +112,8 @@ class Config:
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (
     "seed", "pretrained", "spectrum_models", "bf16_models", "image_size", "val_fraction", "augmentation",
-    "corruption_prob", "cutout_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay", "base_epochs",
-    "patience", "select_metric", "average_epochs", "warmup_epochs", "label_smoothing", "ema_decay",
+    "corruption_prob", "cutout_prob", "mixup_alpha", "batch_size", "lr", "model_lr", "model_width", "weight_decay",
+    "base_epochs", "patience", "select_metric", "average_epochs", "warmup_epochs", "label_smoothing", "ema_decay",
     "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
     "finetune_attack_steps", "finetune_corruption_prob", "trades_beta", "finetune_anchor", "bf16_crafting",
     "pseudo_label_confidence", "augment_per_class", "adversarial_count",
@@ -175,8 +178,8 @@ PRESETS: dict[str, dict] = {
 _AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetune_epochs", "finetune_attack_steps",
                  "pgd_steps", "eval_batch_size")
 _NOT_NEGATIVE = ("threads", "lr", "finetune_lr", "weight_decay", "average_epochs", "warmup_epochs",
-                 "max_steps_per_epoch", "trades_beta", "finetune_anchor", "augment_per_class", "adversarial_count",
-                 "gradcam_images")
+                 "max_steps_per_epoch", "mixup_alpha", "trades_beta", "finetune_anchor", "augment_per_class",
+                 "adversarial_count", "gradcam_images")
 _SHARES = ("corruption_prob", "cutout_prob", "finetune_corruption_prob", "adv_ratio")  # in [0, 1]
 _BELOW_ONE = ("label_smoothing", "ema_decay")  # in [0, 1)
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .attacks import eval_mode, fgsm, pgd, sample_epsilons
 from .config import Config
-from .data import ImageSet, augment, to_tensor, train_transform
+from .data import CLASS_NAMES, ImageSet, augment, to_tensor, train_transform
 from .errors import DeepfakeError
 from .inference import predict_fake_proba, to_float
 from .metrics import classification_metrics
@@ -48,6 +48,7 @@ class PhaseSettings:
     bf16_crafting: bool = False  # phase 2 crafts its attacks and anchor targets in the training step's precision
     anchor: float = 0.0  # weight of KL(the phase's starting weights || the model) on the clean share (_batch_loss)
     average_epochs: int = 0  # > 0: keep the mean of the last N epochs' weights (no early stopping, no best epoch)
+    mixup_alpha: float = 0.0  # > 0: train on mixup batches (_mixup)
 
 
 @dataclass
@@ -66,7 +67,8 @@ def base_settings(config: Config, model: str | None = None) -> PhaseSettings:
     lr = dict(config.model_lr).get(model, config.lr)
     patience = None if config.average_epochs else config.patience
     return PhaseSettings("base", config.base_epochs, lr, 0.0, patience, config.corruption_prob,
-                         model in config.bf16_models, average_epochs=config.average_epochs)
+                         model in config.bf16_models, average_epochs=config.average_epochs,
+                         mixup_alpha=config.mixup_alpha)
 
 
 def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings:
@@ -111,6 +113,7 @@ def train_phase(
     bf16 = settings.bf16 and bf16_is_fast(device)
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     anchor = _frozen_copy(model) if settings.anchor > 0 else None
+    mixing = np.random.default_rng([config.seed, 1]) if settings.mixup_alpha > 0 else None
 
     average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
     averaged = None
@@ -126,9 +129,10 @@ def train_phase(
         for batch_index in range(steps_per_epoch):
             idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
+            x, targets = (x, y) if mixing is None else _mixup(x, y, settings.mixup_alpha, mixing)
             with precision:
-                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator, anchor, settings.anchor,
-                                           settings.bf16_crafting)
+                loss, logits = _batch_loss(model, x, targets, settings.adv_ratio, config, generator, anchor,
+                                           settings.anchor, settings.bf16_crafting)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
@@ -240,9 +244,20 @@ def _training_batch(images, labels, idx, transform, seed, device):
     return to_float(to_tensor(augmented), device), labels[idx].to(device)
 
 
+def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float,
+           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, soft targets) of a mixup batch: every image blended with a random other one of the batch by one
+    weight drawn from Beta(alpha, alpha), the one-hot labels blended by the same weight."""
+    weight = float(rng.beta(alpha, alpha))
+    partner = torch.from_numpy(rng.permutation(len(x))).to(x.device)
+    one_hot = F.one_hot(y, len(CLASS_NAMES)).float()
+    return (weight * x + (1 - weight) * x[partner],
+            weight * one_hot + (1 - weight) * one_hot[partner])
+
+
 def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0, bf16_crafting=False):
     """(loss, logits of the clean or mixed batch) with the first adv_ratio of the batch crafted against the
-    current weights.
+    current weights. ``y`` holds class indices, or soft targets where nothing is crafted (phase 1's mixup).
 
     Plain: those images are replaced by FGSM (or PGD-k) images and the whole batch gets cross-entropy.
     TRADES-style (``config.trades_beta`` > 0, Zhang et al. 2019): those images are crafted to move the model's

@@ -14,7 +14,7 @@ from deepfake.data import load_labelled, split_indices, train_transform
 from deepfake.demo_data import build_demo_dataset
 from deepfake.inference import as_nchw_uint8, count_correct, to_float
 from deepfake.train import (
-    NonFiniteLossError, _adversarial, _batch_loss, _frozen_copy, base_settings, finetune_settings, train_phase,
+    NonFiniteLossError, _adversarial, _batch_loss, _frozen_copy, _mixup, base_settings, finetune_settings, train_phase,
 )
 
 CPU = torch.device("cpu")
@@ -125,6 +125,36 @@ def test_finetune_corruption_prob_raises_the_corrupted_share_of_phase_2_only(toy
     for settings in (base_settings(config), finetune_settings(config)):
         train_phase(toy_model(), train, val, replace(config, max_steps_per_epoch=1), replace(settings, epochs=1), CPU)
     assert shares == [0.1, 0.5]
+
+
+def test_mixup_blends_images_and_labels_by_the_same_weight(toy_split):
+    train, _ = toy_split
+    x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
+    mixed, targets = _mixup(x, y, 0.4, np.random.default_rng(0))
+    replay = np.random.default_rng(0)
+    weight, partner = replay.beta(0.4, 0.4), torch.from_numpy(replay.permutation(10))
+    one_hot = nn.functional.one_hot(y, 2).float()
+    assert 0 < weight < 1 and not torch.equal(partner, torch.arange(10))
+    assert torch.allclose(mixed, weight * x + (1 - weight) * x[partner], atol=1e-6)
+    assert torch.allclose(targets, weight * one_hot + (1 - weight) * one_hot[partner])
+    assert mixed.min() >= 0 and mixed.max() <= 1 and torch.allclose(targets.sum(1), torch.ones(10))
+
+
+def test_mixup_alpha_mixes_phase_1_batches_only(toy_split, monkeypatch):
+    config = make_config("tiny", mixup_alpha=0.4, max_steps_per_epoch=2)
+    assert base_settings(config).mixup_alpha == 0.4 and finetune_settings(config).mixup_alpha == 0.0
+    mixed_batches = []
+
+    def recording_mixup(x, y, alpha, rng):
+        mixed_batches.append(alpha)
+        return _mixup(x, y, alpha, rng)
+
+    monkeypatch.setattr(train_module, "_mixup", recording_mixup)
+    train, val = toy_split
+    base = train_phase(toy_model(), train, val, config, replace(base_settings(config), epochs=1), CPU)
+    assert mixed_batches == [0.4, 0.4] and np.isfinite(base.history[0]["train_loss"])
+    train_phase(toy_model(), train, val, config, replace(finetune_settings(config), epochs=1), CPU)
+    assert len(mixed_batches) == 2
 
 
 @pytest.mark.parametrize("steps", [1, 3])
