@@ -156,9 +156,6 @@ PRESETS: dict[str, dict] = {
         # ConvNeXt-Tiny saved 5-10 s for 3.1 and 3.6 points under PGD-10 at 2/255 on its lever rows, so it crafts
         # in float32 (round 18; in the pipeline that difference did not repeat: +1.0 and -2.0 points).
         bf16_crafting=("resnet_se",),
-        # Round 21: batches of 64, not 128, so twice the optimiser steps: ResNet-SE's phase-1 validation accuracy
-        # level or higher on each of four seeds, +1.4 points on their mean (benchmarks/LEVERS.md).
-        batch_size=64,
         eval_epsilons=(0.0, 2 / 255, 4 / 255, 8 / 255),
     ),
     # The original seed notebook's recipe, kept so it can be rerun and compared.
