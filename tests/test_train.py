@@ -10,7 +10,7 @@ from torch import nn
 from deepfake import train as train_module
 from deepfake.attacks import fgsm
 from deepfake.config import make_config
-from deepfake.data import load_labelled, split_indices, train_transform
+from deepfake.data import load_labelled, split_indices
 from deepfake.demo_data import build_demo_dataset
 from deepfake.inference import as_nchw_uint8, count_correct, to_float
 from deepfake.train import (
@@ -27,6 +27,18 @@ def toy_model() -> nn.Module:
         nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Conv2d(32, 32, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2),
     )
+
+
+def record_calls(monkeypatch, name: str) -> list[tuple]:
+    """The positional arguments of every call the training loop makes to ``train.<name>``, which still runs."""
+    calls, original = [], getattr(train_module, name)
+
+    def recording(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(train_module, name, recording)
+    return calls
 
 
 @pytest.fixture(scope="module")
@@ -114,17 +126,11 @@ def test_finetune_corruption_prob_raises_the_corrupted_share_of_phase_2_only(toy
     assert base_settings(config).corruption_prob == 0.1
     assert finetune_settings(config).corruption_prob == 0.5
     assert finetune_settings(make_config("tiny", corruption_prob=0.3)).corruption_prob == 0.3  # never below phase 1
-    shares = []
-
-    def recording_transform(style, size, prob, cutout_prob):
-        shares.append(prob)
-        return train_transform(style, size, prob, cutout_prob)
-
-    monkeypatch.setattr(train_module, "train_transform", recording_transform)
+    calls = record_calls(monkeypatch, "train_transform")
     train, val = toy_split
     for settings in (base_settings(config), finetune_settings(config)):
         train_phase(toy_model(), train, val, replace(config, max_steps_per_epoch=1), replace(settings, epochs=1), CPU)
-    assert shares == [0.1, 0.5]
+    assert [share for _, _, share, _ in calls] == [0.1, 0.5]
 
 
 def test_mixup_blends_images_and_labels_by_the_same_weight(toy_split):
@@ -143,18 +149,12 @@ def test_mixup_blends_images_and_labels_by_the_same_weight(toy_split):
 def test_mixup_alpha_mixes_phase_1_batches_only(toy_split, monkeypatch):
     config = make_config("tiny", mixup_alpha=0.4, max_steps_per_epoch=2)
     assert base_settings(config).mixup_alpha == 0.4 and finetune_settings(config).mixup_alpha == 0.0
-    mixed_batches = []
-
-    def recording_mixup(x, y, alpha, rng):
-        mixed_batches.append(alpha)
-        return _mixup(x, y, alpha, rng)
-
-    monkeypatch.setattr(train_module, "_mixup", recording_mixup)
+    calls = record_calls(monkeypatch, "_mixup")
     train, val = toy_split
     base = train_phase(toy_model(), train, val, config, replace(base_settings(config), epochs=1), CPU)
-    assert mixed_batches == [0.4, 0.4] and np.isfinite(base.history[0]["train_loss"])
+    assert [alpha for _, _, alpha, _ in calls] == [0.4, 0.4] and np.isfinite(base.history[0]["train_loss"])
     train_phase(toy_model(), train, val, config, replace(finetune_settings(config), epochs=1), CPU)
-    assert len(mixed_batches) == 2
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("steps", [1, 3])
