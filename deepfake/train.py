@@ -246,8 +246,8 @@ def _training_batch(images, labels, idx, transform, seed, device):
 
 def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float,
            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, soft targets) of a mixup batch: every image blended with a random other one of the batch by one
-    weight drawn from Beta(alpha, alpha), the one-hot labels blended by the same weight."""
+    """(images, soft targets) of a mixup batch: every image blended with the one a random permutation of the batch
+    pairs it with, by one weight drawn from Beta(alpha, alpha), and the one-hot labels by the same weight."""
     weight = float(rng.beta(alpha, alpha))
     partner = torch.from_numpy(rng.permutation(len(x))).to(x.device)
     one_hot = F.one_hot(y, len(CLASS_NAMES)).float()
