@@ -18,6 +18,7 @@ section replaced, other presets' kept) and a JSON next to it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -84,6 +85,9 @@ def main() -> int:
         stage_seconds.update(recorded_training_seconds(report_path, run_dir / "checkpoints"))
     stage_seconds["ensemble.py"] = timed_call(ensemble_command)
 
+    note = missing_apgd_note()
+    if note:
+        print(note, file=sys.stderr)
     started = time.perf_counter()
     scores = score_unseen(run_dir / "checkpoints", unseen)
     stage_seconds["unseen scoring"] = round(time.perf_counter() - started, 1)
@@ -203,6 +207,14 @@ def score_ensemble(models: dict, weights: dict, unseen: ImageSet, tta: bool, thr
         scores[label] = classification_metrics(
             labels, ensemble_probs(apply_corruption(unseen.images, name, value, seed=0)), threshold)["accuracy"]
     return scores
+
+
+def missing_apgd_note() -> str | None:
+    """What to do when the independent attack library is absent, whose columns would otherwise read n/a unremarked."""
+    if importlib.util.find_spec("torchattacks") is not None:
+        return None
+    return ("warning: torchattacks is not installed, so the APGD-CE columns will read n/a: `pip install --no-deps "
+            "torchattacks`, then rescore this run with --skip-training")
 
 
 def apgd_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> float | None:

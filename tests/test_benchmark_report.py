@@ -1,4 +1,5 @@
-"""benchmarks/benchmark.py: rescoring a run (--skip-training) keeps the wall time that run took to train."""
+"""benchmarks/benchmark.py: what it reports beside the scores (rescoring keeps the training time; a missing
+independent attack library is said, not left as silent n/a columns)."""
 import importlib.util
 import json
 from pathlib import Path
@@ -27,3 +28,11 @@ def test_recorded_training_seconds_come_only_from_a_report_of_the_same_run(bench
     assert benchmark.recorded_training_seconds(report, checkpoints) == {"deepfake_detection.py": 913.9}
     report.write_text(json.dumps({"stage_seconds": stage_seconds, "run": {"timings": {**timings, "evaluate": 1.0}}}))
     assert benchmark.recorded_training_seconds(report, checkpoints) == {}  # a report of another run
+
+
+def test_missing_apgd_note_names_the_install_and_the_rescore(benchmark, monkeypatch):
+    monkeypatch.setattr(benchmark.importlib.util, "find_spec", lambda name: None)
+    note = benchmark.missing_apgd_note()
+    assert "pip install --no-deps torchattacks" in note and "--skip-training" in note
+    monkeypatch.setattr(benchmark.importlib.util, "find_spec", lambda name: object())
+    assert benchmark.missing_apgd_note() is None
