@@ -167,12 +167,15 @@ def write_table() -> None:
         if record.get("train_fraction", 1) < 1:
             changes.append(f"train_fraction={record['train_fraction']} ({record['train_images']} images)")
         setting = " ".join(changes) or "(reference)"
-        latest[record["model"], setting] = record
+        key = (record["model"], setting)
+        if "attack_after" in latest.get(key, {}) and "attack_after" not in record:
+            key += ("phase 1 only",)  # its own row: replacing would drop the fine-tune columns
+        latest[key] = record
     rows = ["| model | change from the reference recipe | val acc kept (epoch) | with flip TTA | best val AUC "
             "| clean / PGD-10 2/255 / 8/255 before fine-tune | after fine-tune "
             "| JPEG q40 / noise 0.08 / blur 1.0 before fine-tune | after fine-tune |",
             "|---|---|---:|---:|---:|---|---|---|---|"]
-    for (model, setting), record in latest.items():
+    for (model, setting, *_), record in latest.items():
         cells = [" / ".join(pct(record[key][k]) for k in keys) if key in record else "" for key, keys in TABLE_CELLS]
         kept = kept_epochs(record["best_epoch"], record.get("averaged_epochs", 0))
         rows.append(f"| {model} | {setting} | {pct(record['kept_val_acc'])} ({kept}) "

@@ -1,20 +1,25 @@
-"""benchmarks/benchmark.py: what it reports beside the scores (rescoring keeps the training time; a missing
-independent attack library is said, not left as silent n/a columns)."""
+"""benchmarks/benchmark.py and levers.py: what they report beside the scores (rescoring keeps the training
+time; a missing independent attack library is said, not left as silent n/a columns; a lever rerun never
+drops measured columns from the table)."""
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark")
 
 
 def test_recorded_training_seconds_come_only_from_a_report_of_the_same_run(benchmark, tmp_path):
@@ -36,3 +41,27 @@ def test_missing_apgd_note_names_the_install_and_the_rescore(benchmark, monkeypa
     assert "pip install --no-deps torchattacks" in note and "--skip-training" in note
     monkeypatch.setattr(benchmark.importlib.util, "find_spec", lambda name: object())
     assert benchmark.missing_apgd_note() is None
+
+
+def test_a_phase_1_rerun_of_a_fine_tuned_lever_gets_its_own_row(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # levers.py imports benchmark.py from its own folder
+    levers = load_script("levers")
+    phase_1 = {"model": "resnet_se", "best_epoch": 8, "val_auc": [0.9], "kept_val_acc": 0.888}
+    phase_2 = {"attack_before": {"clean": 0.888, "2/255": 0.668, "8/255": 0.117},
+               "attack_after": {"clean": 0.847, "2/255": 0.73, "8/255": 0.296}}
+    budget = levers.LEVER_BUDGET
+    records = [{**phase_1, "set": budget, "config": budget},
+               {**phase_1, **phase_2, "set": {"seed": 43}, "config": {**budget, "seed": 43}},
+               {**phase_1, "set": {"seed": 43}, "config": {**budget, "seed": 43}, "kept_val_acc": 0.9},
+               {**phase_1, **phase_2, "set": {"seed": 44}, "config": {**budget, "seed": 44}},
+               {**phase_1, **phase_2, "set": {"seed": 44}, "config": {**budget, "seed": 44}, "kept_val_acc": 0.91}]
+    monkeypatch.setattr(levers, "RECORDS", tmp_path / "levers.jsonl")
+    monkeypatch.setattr(levers, "LEVERS_MD", tmp_path / "LEVERS.md")
+    levers.RECORDS.write_text("".join(json.dumps(record) + "\n" for record in records))
+    levers.LEVERS_MD.write_text("before\n" + "\n".join(levers.MARKERS) + "\nafter\n")
+    levers.write_table()
+    rows = [line for line in levers.LEVERS_MD.read_text().splitlines() if line.startswith("| resnet_se")]
+    seed_43 = [row for row in rows if "| seed=43 |" in row]
+    assert len(seed_43) == 2 and "84.7 / 73.0 / 29.6" in seed_43[0] and "| 90.0 (8) |" in seed_43[1]
+    assert [row for row in rows if "| seed=44 |" in row] == [row for row in rows if "| 91.0 (8) |" in row]
+    assert len(rows) == 4  # the reference, seed 43 twice, seed 44 once (its rerun replaced it)
