@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import albumentations as A
 import cv2
@@ -285,9 +285,14 @@ def images_digest(images: ImageSet) -> str:
 
 
 def save_split(path: str | Path, train: ImageSet, val: ImageSet, **meta) -> None:
-    """Record the split as image paths (as given) and labels, plus ``meta``, in a JSON file."""
+    """Record the split as image paths (as given) and labels, plus ``meta``, in a JSON file.
+
+    Paths stay as given because the training split's digest is made of them; the folder they are
+    relative to is recorded beside them, so the split also loads from any other working folder.
+    """
     write_json(path, {
         **meta,
+        "cwd": str(Path.cwd()),
         "train": {"paths": train.paths, "labels": train.labels.tolist()},
         "val": {"paths": val.paths, "labels": val.labels.tolist()},
     })
@@ -303,19 +308,28 @@ def load_split(path: str | Path, size: int = 32) -> tuple[ImageSet, ImageSet, di
         parts = {name: (saved[name]["paths"], saved[name]["labels"]) for name in ("train", "val")}
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(f"split file {path} is damaged ({error}): delete it and rerun training") from error
+    meta = {k: v for k, v in saved.items() if k not in parts}
+    found = _split_file_finder(path, meta.pop("cwd", None))
     sets = []
     for name, (paths, labels) in parts.items():
-        missing = next((p for p in paths if not Path(p).is_file()), None)
-        if missing is not None and not Path(missing).is_absolute():
-            raise DataError(f"image {missing} of the saved split {path} is not under {Path.cwd()}: run from the "
-                            f"folder training ran in (the split's paths are relative to it)")
-        if missing is not None:
-            raise DataError(f"image {missing} of the saved split {path} is gone: restore it, or delete {path} "
-                            f"and rerun training")
-        images, _ = load_images(paths, size)
+        images, _ = load_images([found(p) for p in paths], size)
         sets.append(ImageSet(images, np.array(labels, dtype=np.int64), list(paths)))
-    meta = {k: v for k, v in saved.items() if k not in parts}
     return sets[0], sets[1], meta
+
+
+def _split_file_finder(split_file: Path, training_cwd: str | None) -> Callable[[str], Path]:
+    """Maps a recorded path to the file: as recorded, else under the folder training ran in."""
+    def found(recorded: str) -> Path:
+        candidates = [Path(recorded)] + ([Path(training_cwd) / recorded] if training_cwd else [])
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is not None:
+            return hit
+        if Path(recorded).is_absolute() or training_cwd:
+            raise DataError(f"image {candidates[-1]} of the saved split {split_file} is gone: restore it, or "
+                            f"delete {split_file} and rerun training")
+        raise DataError(f"image {recorded} of the saved split {split_file} is not under {Path.cwd()}: run from "
+                        f"the folder training ran in (the split's paths are relative to it)")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

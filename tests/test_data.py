@@ -1,4 +1,5 @@
 """Layout discovery, robust loading, the saved split, test-file ordering and augmentation."""
+import json
 import logging
 from pathlib import Path
 
@@ -145,7 +146,12 @@ def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path, monkeypa
     relative = ImageSet(data.images[:1], data.labels[:1], ["real/0.png"])
     save_split(tmp_path / "relative.json", data.subset(train), relative)
     assert load_split(tmp_path / "relative.json")[1].paths == ["real/0.png"]
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # another folder: the recorded training folder still finds the image
+    moved_val = load_split(tmp_path / "relative.json")[1]
+    assert moved_val.paths == ["real/0.png"] and np.array_equal(moved_val.images, data.images[:1])
+    saved = json.loads((tmp_path / "relative.json").read_text())
+    del saved["cwd"]  # a split written before the training folder was recorded
+    (tmp_path / "relative.json").write_text(json.dumps(saved))
     with pytest.raises(DataError, match="real/0.png of the saved split .* is not under .*: run from the folder"):
         load_split(tmp_path / "relative.json")
     Path(val_set.paths[0]).unlink()
