@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import albumentations as A
 import cv2
@@ -309,27 +309,25 @@ def load_split(path: str | Path, size: int = 32) -> tuple[ImageSet, ImageSet, di
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(f"split file {path} is damaged ({error}): delete it and rerun training") from error
     meta = {k: v for k, v in saved.items() if k not in parts}
-    found = _split_file_finder(path, meta.pop("cwd", None))
+    training_cwd = meta.pop("cwd", None)
     sets = []
     for name, (paths, labels) in parts.items():
-        images, _ = load_images([found(p) for p in paths], size)
+        images, _ = load_images([_split_image(p, path, training_cwd) for p in paths], size)
         sets.append(ImageSet(images, np.array(labels, dtype=np.int64), list(paths)))
     return sets[0], sets[1], meta
 
 
-def _split_file_finder(split_file: Path, training_cwd: str | None) -> Callable[[str], Path]:
-    """Maps a recorded path to the file: as recorded, else under the folder training ran in."""
-    def found(recorded: str) -> Path:
-        candidates = [Path(recorded)] + ([Path(training_cwd) / recorded] if training_cwd else [])
-        hit = next((c for c in candidates if c.is_file()), None)
-        if hit is not None:
-            return hit
-        if Path(recorded).is_absolute() or training_cwd:
-            raise DataError(f"image {candidates[-1]} of the saved split {split_file} is gone: restore it, or "
-                            f"delete {split_file} and rerun training")
-        raise DataError(f"image {recorded} of the saved split {split_file} is not under {Path.cwd()}: run from "
-                        f"the folder training ran in (the split's paths are relative to it)")
-    return found
+def _split_image(recorded: str, split_file: Path, training_cwd: str | None) -> Path:
+    """The file a recorded path names: as recorded, else under the folder training ran in."""
+    candidates = [Path(recorded)] + ([Path(training_cwd) / recorded] if training_cwd else [])
+    hit = next((c for c in candidates if c.is_file()), None)
+    if hit is not None:
+        return hit
+    if Path(recorded).is_absolute() or training_cwd:
+        raise DataError(f"image {candidates[-1]} of the saved split {split_file} is gone: restore it, or "
+                        f"delete {split_file} and rerun training")
+    raise DataError(f"image {recorded} of the saved split {split_file} is not under {Path.cwd()}: run from "
+                    f"the folder training ran in (the split's paths are relative to it)")
 
 
 # ---------------------------------------------------------------------------------------------
