@@ -311,7 +311,7 @@ def load_split(path: str | Path, size: int = 32) -> tuple[ImageSet, ImageSet, di
     meta = {k: v for k, v in saved.items() if k not in parts}
     training_cwd = meta.pop("cwd", None)
     sets = []
-    for name, (paths, labels) in parts.items():
+    for paths, labels in parts.values():
         images, _ = load_images([_split_image(p, path, training_cwd) for p in paths], size)
         sets.append(ImageSet(images, np.array(labels, dtype=np.int64), list(paths)))
     return sets[0], sets[1], meta
