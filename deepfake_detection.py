@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     return report_errors(lambda: run(
         config_from_args(args), force=args.force, evaluate_only=args.evaluate_only,
         explicit_data_dir=args.data_dir is not None,
-    ))
+    ), interrupted="every finished phase is saved in the checkpoint folder; the same command resumes from there")
 
 
 if __name__ == "__main__":

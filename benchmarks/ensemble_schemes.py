@@ -1,7 +1,7 @@
 """What each way of combining a run's models scores on that run's validation split, clean and corrupted.
 
-    python benchmarks/ensemble_schemes.py                      # the `full` benchmark runs, seeds 42 and 43
-    python benchmarks/ensemble_schemes.py benchmarks/runs/quick
+    python -m benchmarks.ensemble_schemes                      # the `full` benchmark runs, seeds 42 and 43
+    python -m benchmarks.ensemble_schemes benchmarks/runs/quick
 
 The issue's lever "ensemble weighting and thresholds chosen on validation only", measured where the
 choice may be made: for every weighting ``ensemble.py --weights`` offers, and for each model alone (what
@@ -19,25 +19,26 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmark import CORRUPTIONS  # noqa: E402  (this folder)
-from deepfake.config import WEIGHT_SCHEMES  # noqa: E402
-from deepfake.corruptions import apply_corruption  # noqa: E402
-from deepfake.data import load_split  # noqa: E402
-from deepfake.ensemble import (  # noqa: E402
-    choose_threshold, crossfit_accuracy, ensemble_weights, run_members, weighted_fake_proba,
+from benchmarks.benchmark import CORRUPTIONS
+from benchmarks.common import REPO
+from deepfake.checkpoints import load_checkpoint
+from deepfake.config import WEIGHT_SCHEMES
+from deepfake.corruptions import apply_corruption
+from deepfake.data import SPLIT_NAME, load_split
+from deepfake.ensemble import (
+    choose_threshold,
+    crossfit_accuracy,
+    ensemble_weights,
+    run_members,
+    weighted_fake_proba,
 )
-from deepfake.errors import DeepfakeError, report_errors  # noqa: E402
-from deepfake.inference import predict_fake_proba  # noqa: E402
-from deepfake.io import write_text  # noqa: E402
-from deepfake.metrics import classification_metrics  # noqa: E402
-from deepfake.models import load_checkpoint  # noqa: E402
-from deepfake.pipeline import SPLIT_NAME  # noqa: E402
-from deepfake.results import load_results, machine_description, results_path  # noqa: E402
+from deepfake.errors import DeepfakeError, report_errors
+from deepfake.inference import predict_fake_proba
+from deepfake.io import write_text
+from deepfake.metrics import classification_metrics
+from deepfake.results import load_results, machine_description, results_path
 
 DEFAULT_RUNS = ("benchmarks/runs/full", "benchmarks/runs/full-seed43")
 OUTPUT = REPO / "benchmarks" / "ENSEMBLE_SCHEMES.md"
@@ -48,7 +49,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=list(DEFAULT_RUNS), help="benchmark run folders")
     args = parser.parse_args()
-    command = " ".join(["python benchmarks/ensemble_schemes.py", *sys.argv[1:]])  # as typed, like step_speed.py
+    command = " ".join(["python -m benchmarks.ensemble_schemes", *sys.argv[1:]])  # as typed, like step_speed.py
     return report_errors(lambda: write_report(args.runs, command))
 
 
@@ -72,7 +73,7 @@ def scheme_table(run: Path) -> list[str]:
     """One row per single model and per weighting of all of them."""
     checkpoints = run / "checkpoints"
     if not results_path(checkpoints).exists():
-        raise DeepfakeError(f"no benchmark run in {run}: make it with `python benchmarks/benchmark.py --preset full` "
+        raise DeepfakeError(f"no benchmark run in {run}: make it with `python -m benchmarks.benchmark --preset full` "
                             "(add `--train-seed 43` for benchmarks/runs/full-seed43), or name another run folder")
     results = load_results(results_path(checkpoints))
     _, val, _ = load_split(checkpoints / SPLIT_NAME)

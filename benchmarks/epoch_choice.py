@@ -1,7 +1,7 @@
 """Which base-training weights to keep: the epoch best on validation, the last one, or the mean of the last N.
 
-    python benchmarks/epoch_choice.py --model resnet_se --seeds 42 43 44 45
-    python benchmarks/epoch_choice.py --table
+    python -m benchmarks.epoch_choice --model resnet_se --seeds 42 43 44 45
+    python -m benchmarks.epoch_choice --table
 
 Trains phase 1 of the ``full`` recipe on the split that ``benchmarks/benchmark.py --preset full`` made
 inside its pipeline part (as ``benchmarks/levers.py`` does), every epoch run (no early stopping) and the
@@ -25,19 +25,18 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from levers import RUN_DIR, levers_data  # noqa: E402  (this folder)
-from deepfake.config import MODEL_NAMES, TRAINING_KEYS, make_config  # noqa: E402
-from deepfake.inference import predict_fake_proba  # noqa: E402
-from deepfake.io import write_text  # noqa: E402
-from deepfake.metrics import classification_metrics  # noqa: E402
-from deepfake.models import build_from_config  # noqa: E402
-from deepfake.pipeline import setup_runtime  # noqa: E402
-from deepfake.results import machine_description  # noqa: E402
-from deepfake.train import base_settings, seed_everything, train_phase  # noqa: E402
+from benchmarks.common import REPO
+from benchmarks.levers import RUN_DIR, levers_data
+from deepfake.config import MODEL_NAMES, TRAINING_KEYS, make_config
+from deepfake.inference import predict_fake_proba
+from deepfake.io import write_text
+from deepfake.metrics import classification_metrics
+from deepfake.models import build_from_config
+from deepfake.results import machine_description
+from deepfake.runtime import seed_everything, setup_runtime
+from deepfake.train import base_settings, train_phase
 
 RECORDS = REPO / "benchmarks" / "epoch_choice.jsonl"
 TABLE = REPO / "benchmarks" / "EPOCH_CHOICE.md"
@@ -114,8 +113,8 @@ def table(records: list[dict]) -> str:
     latest = {(r["model"], r["seed"], r["average"]): r for r in records}  # a rerun replaces its row
     lines = [
         "# Which base-training weights to keep", "",
-        "Written by `python benchmarks/epoch_choice.py --table` from `benchmarks/epoch_choice.jsonl`; each row by "
-        "`python benchmarks/epoch_choice.py --model MODEL --seeds SEED` (see its docstring). Phase 1 of the `full` "
+        "Written by `python -m benchmarks.epoch_choice --table` from `benchmarks/epoch_choice.jsonl`; each row by "
+        "`python -m benchmarks.epoch_choice --model MODEL --seeds SEED` (see its docstring). Phase 1 of the `full` "
         "recipe, every epoch run, on the pipeline split of `benchmarks/benchmark.py --preset full` "
         f"({len(next(iter(latest.values()))['labels'])} validation images); validation accuracy in %. "
         f"Cross-fitted: the epoch best on {FOLDS - 1} of {FOLDS} folds, scored on the fourth, over {REPEATS} "

@@ -1,7 +1,7 @@
 """Measure one training lever: phase 1 (and optionally phase 2) of one model on the benchmark's pipeline split.
 
-    python benchmarks/levers.py --model resnet_se --set augmentation=seed spectrum_models='("resnet_se",)'
-    python benchmarks/levers.py --model resnet_se --finetune --set fgsm_epsilons="(0.02,0.03,0.05,0.08)"
+    python -m benchmarks.levers --model resnet_se --set augmentation=seed spectrum_models='("resnet_se",)'
+    python -m benchmarks.levers --model resnet_se --finetune --set fgsm_epsilons="(0.02,0.03,0.05,0.08)"
 
 Reads the train/validation split that ``benchmarks/benchmark.py --preset full`` made inside its
 pipeline part (run it first), so a lever is chosen on the pipeline's validation images only, never
@@ -14,7 +14,7 @@ under the benchmark's three corruptions) and appends it to benchmarks/levers.jso
 ``pseudo_label_confidence`` set, phase 2 also trains on the test images of
 ``--test-dir`` that the model's own base weights call confidently; the pipeline uses its best base model.
 
-    python benchmarks/levers.py --table
+    python -m benchmarks.levers --table
 
 rewrites the table between the markers in benchmarks/LEVERS.md from levers.jsonl, so no number
 there is typed by hand, and rebuilds benchmarks/RESULTS.md, which carries LEVERS.md.
@@ -30,24 +30,27 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmark import CORRUPTIONS, SHARED, corrupted_accuracy, write_results_markdown  # noqa: E402  (this folder)
-from deepfake.attacks import pgd  # noqa: E402
-from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides  # noqa: E402
-from deepfake.data import ImageSet, images_digest, load_split, load_test, split_indices  # noqa: E402
-from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float  # noqa: E402
-from deepfake.metrics import classification_metrics  # noqa: E402
-from deepfake.models import build_from_config  # noqa: E402
-from deepfake.pipeline import SPLIT_NAME, setup_runtime  # noqa: E402
-from deepfake.pseudo_labels import pseudo_labelled  # noqa: E402
-from deepfake.results import kept_epochs  # noqa: E402
-from deepfake.samples import augmented_samples  # noqa: E402
-from deepfake.train import base_settings, finetune_settings, seed_everything, train_phase  # noqa: E402
+from benchmarks.benchmark import (
+    CORRUPTIONS, SPLIT_SEED, UNSEEN_FRACTION, corrupted_accuracy, prepare_split, write_results_markdown,
+)
+from benchmarks.common import REPO, RUNS, SHARED
+from deepfake.attacks import pgd
+from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides
+from deepfake.data import (
+    SPLIT_NAME, ImageSet, images_digest, load_labelled, load_split, load_test, save_split, split_indices,
+)
+from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float
+from deepfake.metrics import classification_metrics
+from deepfake.models import build_from_config
+from deepfake.pseudo_labels import pseudo_labelled
+from deepfake.results import kept_epochs
+from deepfake.runtime import seed_everything, setup_runtime
+from deepfake.samples import augmented_samples
+from deepfake.train import base_settings, finetune_settings, train_phase
 
-RUN_DIR = REPO / "benchmarks" / "runs" / "full"
+RUN_DIR = RUNS / "full"
 RECORDS = REPO / "benchmarks" / "levers.jsonl"
 LEVERS_MD = REPO / "benchmarks" / "LEVERS.md"
 MARKERS = ("<!-- levers.jsonl table: start -->", "<!-- levers.jsonl table: end -->")
@@ -59,7 +62,8 @@ LEVER_BUDGET = {"base_epochs": 8, "patience": 8}  # the --set of the reference r
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet_se", choices=MODEL_NAMES)
+    parser.add_argument("--model", default="resnet_se", help=f"{', '.join(MODEL_NAMES)} or a timm model name")
+    parser.add_argument("--preset", default="full", help="the recipe the --set overrides start from")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
     parser.add_argument("--finetune", action="store_true", help="also run phase 2 and attack before/after")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
@@ -76,16 +80,17 @@ def main() -> int:
         return 0
 
     overrides = parse_overrides(args.set)
-    config = make_config("full", **overrides)
+    config = make_config(args.preset, **overrides)
     device = setup_runtime(config)
     train, pool, val = levers_data(config, args.run_dir, args.train_fraction)
 
     seed_everything(config.seed)  # each phase starts where the pipeline's does, so a row reproduces its model
     model = build_from_config(args.model, config).to(device)
     started = time.perf_counter()
-    base = train_phase(model, pool, val, config, base_settings(config, args.model), device, label=args.model)
+    settings = base_settings(config, args.model, model.pretrained_loaded)
+    base = train_phase(model, pool, val, config, settings, device, label=args.model)
     record = {
-        "model": args.model, "set": overrides, "config": {key: getattr(config, key) for key in TRAINING_KEYS},
+        "model": args.model, "preset": args.preset, "set": overrides, "config": {key: getattr(config, key) for key in TRAINING_KEYS},
         "train_fraction": args.train_fraction, "train_images": len(train),
         "best_epoch": base.best_epoch, "averaged_epochs": base.averaged_epochs,
         "val_acc": [round(row["val_acc"], 3) for row in base.history],
@@ -141,9 +146,17 @@ def levers_data(config: Config, run_dir: Path, train_fraction: float = 1.0) -> t
 
     The samples are cached under benchmarks/runs/levers, per augmentation and count, not in the run.
     """
-    config.generated_dir = str(REPO / "benchmarks" / "runs" / "levers" / f"{config.augmentation}-"
+    config.generated_dir = str(RUNS / "levers" / f"{config.augmentation}-"
                                f"{config.augment_per_class}")
-    train, val, _ = load_split(run_dir / "checkpoints" / SPLIT_NAME, config.image_size)
+    split_file = run_dir / "checkpoints" / SPLIT_NAME
+    if not split_file.exists():
+        pipeline_data, _ = prepare_split(SHARED, run_dir / "data", UNSEEN_FRACTION, SPLIT_SEED)
+        labelled = load_labelled(pipeline_data, config.image_size)
+        train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed)
+        train, val = labelled.subset(train_idx), labelled.subset(val_idx)
+        save_split(split_file, train, val, data_dir=str(pipeline_data), seed=config.seed,
+                   val_fraction=config.val_fraction, data_id=images_digest(train))
+    train, val, _ = load_split(split_file, config.image_size)
     if train_fraction < 1:
         train = train.subset(split_indices(train.labels, 1 - train_fraction, config.seed)[0])
     return train, ImageSet.concat(train, augmented_samples(train, config, images_digest(train))), val

@@ -1,7 +1,7 @@
 """Training-step speed of each model as the ``full`` preset builds it, eager or compiled, float32 or bfloat16.
 
-    python benchmarks/step_speed.py            # all three models, about 10 minutes on 2 cores
-    python benchmarks/step_speed.py --models resnet_se --seconds 5
+    python -m benchmarks.step_speed            # all three models, about 10 minutes on 2 cores
+    python -m benchmarks.step_speed --models resnet_se --seconds 5
 
 The CPU-speed levers of benchmarks/LEVERS.md (bf16 autocast per model, round 7; ``torch.compile``,
 round 13) rest on these numbers. A compiled model pays for compilation before its first training step
@@ -29,16 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deepfake.config import MODEL_NAMES, Config, make_config  # noqa: E402
-from deepfake.io import write_text  # noqa: E402
-from deepfake.models import build_from_config  # noqa: E402
-from deepfake.pipeline import setup_runtime  # noqa: E402
-from deepfake.results import machine_description  # noqa: E402
-from deepfake.train import bf16_is_fast  # noqa: E402
+from benchmarks.common import REPO
+from deepfake.config import MODEL_NAMES, Config, make_config
+from deepfake.io import write_text
+from deepfake.models import build_from_config
+from deepfake.results import machine_description
+from deepfake.runtime import setup_runtime
+from deepfake.train import bf16_is_fast
 
 OUTPUT = REPO / "benchmarks" / "STEP_SPEED.md"
 EVAL_IMAGES = 196  # the benchmark's validation split: one evaluation batch
@@ -118,7 +117,7 @@ def main() -> int:
                             f"| {speed['first_step_s']:.1f} | {speed['first_eval_s']:.1f} |")
                 print(rows[-1], flush=True)
     in_full = ", ".join(config.bf16_models)
-    command = " ".join(["python benchmarks/step_speed.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.step_speed", *sys.argv[1:]])
     write_text(args.output, "\n".join([
         "# Training-step speed\n",
         f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}; "

@@ -19,8 +19,8 @@ MODEL_NAMES = ("convnext_tiny", "efficientnet_b0", "resnet_se")
 AUGMENTATIONS = ("lossless", "seed")  # see data.train_transform and data.sample_transform
 SELECT_METRICS = ("accuracy", "auc")
 WEIGHT_SCHEMES = ("equal", "accuracy", "auc")  # how ensemble.py weighs each model (deepfake.ensemble)
-CHOICES = {"models": MODEL_NAMES, "spectrum_models": MODEL_NAMES, "bf16_models": MODEL_NAMES,
-           "bf16_crafting": MODEL_NAMES, "augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS}
+CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS}
+MODEL_LISTS = ("models", "spectrum_models", "bf16_models", "bf16_crafting")  # each name: the zoo's or timm's
 
 
 @dataclass
@@ -37,12 +37,15 @@ class Config:
     models: tuple[str, ...] = MODEL_NAMES
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 42
-    pretrained: bool = False
+    pretrained: bool = False  # start the timm members from ImageNet weights (deepfake/pretrained.py)
+    require_pretrained: bool = False  # a timm member without weights stops the run before training (else: scratch)
+    weights_dir: str = ""  # folder of <timm name>.safetensors/.pth/.bin files, tried before the hub
     spectrum_models: tuple[str, ...] = ()  # models that get a Fourier-spectrum head (models.SpectrumHead)
     threads: int = 0  # torch CPU threads; 0 = all cores
     bf16_models: tuple[str, ...] = ()  # models trained under bfloat16 autocast where the hardware has it (train.py)
     # Data
     image_size: int = 32  # pixels; other sizes are resized on load
+    input_size: int = 0  # side the timm members see, resized inside the model (models.Resize); 0 = image_size
     val_fraction: float = 0.2
     augmentation: str = "seed"  # seed | lossless (data.train_transform, data.sample_transform)
     corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
@@ -58,6 +61,8 @@ class Config:
     lr: float = 5e-4  # AdamW, peak of the cosine schedule
     model_lr: tuple[tuple[str, float], ...] = ()  # (model, lr) pairs that replace lr in phase 1 for that model
     model_width: tuple[tuple[str, float], ...] = ()  # (model, multiplier) pairs scaling that model's channels
+    pretrained_epochs: int = 0  # phase-1 epochs of a model that loaded ImageNet weights (0: base_epochs); last kept
+    backbone_lr_scale: float = 1.0  # a pretrained model's backbone trains at this times the lr of its new head
     weight_decay: float = 1e-4
     base_epochs: int = 50
     patience: int = 15  # epochs without a better validation select_metric
@@ -112,7 +117,8 @@ class Config:
 
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (
-    "seed", "pretrained", "spectrum_models", "bf16_models", "image_size", "val_fraction", "augmentation",
+    "seed", "pretrained", "weights_dir", "spectrum_models", "bf16_models", "image_size", "input_size",
+    "pretrained_epochs", "backbone_lr_scale", "val_fraction", "augmentation",
     "corruption_prob", "cutout_prob", "mixup_alpha", "batch_size", "lr", "model_lr", "model_width", "weight_decay",
     "base_epochs", "patience", "select_metric", "average_epochs", "warmup_epochs", "label_smoothing", "ema_decay",
     "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
@@ -122,42 +128,35 @@ TRAINING_KEYS = (
 
 # What the small-data measurements kept (benchmarks/LEVERS.md): augmentation that never resamples pixels,
 # epochs chosen on validation accuracy (the metric the submission is scored on), per-model learning rates,
-# budgets near the ones the robustness targets name (not the seed's up to 20/255), a PGD-3 adversarial
-# share, and the spectrum head for the two timm models only: without it they stayed near chance; on
-# ResNet-SE it added no clean accuracy and cut PGD accuracy at 2/255 from 67% to 22%.
+# budgets near the robustness targets, a PGD-3 adversarial share, and the spectrum head for the two timm
+# models only (without it they stay near chance from scratch; on ResNet-SE it costs robustness).
 _MEASURED = dict(
     augmentation="lossless", select_metric="accuracy", spectrum_models=("convnext_tiny", "efficientnet_b0"),
     model_lr=(("convnext_tiny", 1.5e-3), ("efficientnet_b0", 1.5e-3)),  # the timm models train faster at 3x
-    fgsm_epsilons=(2 / 255, 4 / 255, 6 / 255, 8 / 255),  # cost fewer clean points than the seed's; full goes to 10/255
-    finetune_attack_steps=3,  # PGD-3, not FGSM: +5 to +6 points under PGD at 8/255 (two seeds), no clean cost
-    bf16_models=("convnext_tiny", "resnet_se"),  # steps 1.5x faster here, accuracy within noise; EfficientNet: slower
-    # Half the channels for the timm models: 2.5x faster steps, validation accuracy within noise (two seeds each)
-    model_width=(("convnext_tiny", 0.5), ("efficientnet_b0", 0.5)),
+    fgsm_epsilons=(2 / 255, 4 / 255, 6 / 255, 8 / 255),
+    finetune_attack_steps=3,
+    bf16_models=("convnext_tiny", "resnet_se"),  # 1.5x faster steps on bf16 CPUs; EfficientNet is slower in bf16
+    model_width=(("convnext_tiny", 0.5), ("efficientnet_b0", 0.5)),  # 2.5x faster, accuracy within noise
+)
+
+# The reference recipe, sized for 20 CPU minutes: 30 epochs whose last 10 are averaged (batch-norm
+# statistics recomputed), then 12 epochs of phase 2 at {4, 6, 8, 10}/255 with the clean share anchored
+# to the base model's predictions, crafted in bf16 for ResNet-SE.
+_FULL = dict(
+    _MEASURED, base_epochs=30, average_epochs=10, warmup_epochs=1, label_smoothing=0.1, fgsm_random_start=True,
+    finetune_epochs=12, finetune_lr=3e-4, fgsm_epsilons=(4 / 255, 6 / 255, 8 / 255, 10 / 255), finetune_anchor=1.0,
+    bf16_crafting=("resnet_se",), eval_epsilons=(0.0, 2 / 255, 4 / 255, 8 / 255),
 )
 
 _DEFAULTS = Config()
 
 PRESETS: dict[str, dict] = {
-    # The reference recipe, cut towards 20 CPU minutes for all three models: the seed's 50 + 15 epochs
-    # took about 25 minutes for ResNet-SE alone here. ResNet-SE's validation accuracy kept rising to
-    # epoch 29 of a 30-epoch schedule, with flat stretches of 7 epochs on the way (benchmarks/LEVERS.md).
-    # Round 16: the mean of the last 10 epochs' weights beat the epoch best on validation, scored
-    # cross-fitted, for every model (benchmarks/EPOCH_CHOICE.md); every epoch runs, so no patience.
-    "full": dict(
-        _MEASURED, base_epochs=30, average_epochs=10, warmup_epochs=1, label_smoothing=0.1, fgsm_random_start=True,
-        # Phase 2 (benchmarks/LEVERS.md): round 5 went from 3 epochs at lr 1e-4 to 6 at 3e-4 (+5 to +13 points
-        # under PGD at 8/255), round 6 to 12 epochs at {4, 6, 8, 10}/255 from {2, 4, 6, 8}/255 (+5 to +8 more,
-        # clean accuracy -0.5 to +1.5); three comparisons each.
-        finetune_epochs=12, finetune_lr=3e-4, fgsm_epsilons=(4 / 255, 6 / 255, 8 / 255, 10 / 255),
-        # Round 12: with phase 2's clean calls anchored to the base model's, ResNet-SE kept 1.6 and 4.6 more
-        # validation points after phase 2 (two seeds) and lost about 8 under PGD at 8/255: a trade, taken.
-        finetune_anchor=1.0,
-        # Round 17: crafting phase 2's PGD share and the anchor's targets in bf16 as well cut ResNet-SE's
-        # lever runs from 620 to 545 s, after-phase-2 accuracy clean and under PGD within 0.6 points (two seeds).
-        # ConvNeXt-Tiny saved 5-10 s for 3.1 and 3.6 points under PGD-10 at 2/255 on its lever rows, so it crafts
-        # in float32 (round 18; in the pipeline that difference did not repeat: +1.0 and -2.0 points).
-        bf16_crafting=("resnet_se",),
-        eval_epsilons=(0.0, 2 / 255, 4 / 255, 8 / 255),
+    "full": _FULL,
+    # ImageNet-pretrained timm members at full width with their stock stems, fed the 32x32 images up-scaled
+    # inside the model and fine-tuned briefly; ResNet-SE (no ImageNet weights) trains from scratch as in full.
+    "pretrained": dict(
+        _FULL, pretrained=True, require_pretrained=True, input_size=128, pretrained_epochs=8, spectrum_models=(),
+        model_width=(), model_lr=(),
     ),
     # The original seed notebook's recipe, kept so it can be rerun and compared.
     "seed": {},
@@ -178,7 +177,8 @@ PRESETS: dict[str, dict] = {
 # Values a run would crash on late (after minutes of training) or that would silently mean nothing.
 _AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetune_epochs", "finetune_attack_steps",
                  "pgd_steps", "eval_batch_size")
-_NOT_NEGATIVE = ("threads", "lr", "finetune_lr", "weight_decay", "average_epochs", "warmup_epochs",
+_NOT_NEGATIVE = ("threads", "input_size", "pretrained_epochs", "backbone_lr_scale", "lr", "finetune_lr", "weight_decay",
+                 "average_epochs", "warmup_epochs",
                  "max_steps_per_epoch", "mixup_alpha", "trades_beta", "finetune_anchor", "augment_per_class",
                  "adversarial_count", "gradcam_images")
 _SHARES = ("corruption_prob", "cutout_prob", "finetune_corruption_prob", "adv_ratio")  # in [0, 1]
@@ -198,12 +198,15 @@ def make_config(preset: str = "full", /, **overrides) -> Config:
         raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
     config = Config(preset=preset, **{name: _typed(name, value) for name, value in values.items()})
     for name, allowed in CHOICES.items():
-        value = getattr(config, name)
-        bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in allowed]
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"unknown {name} {getattr(config, name)}; choose from {', '.join(allowed)}")
+    for name in MODEL_LISTS:
+        bad = _unknown_models(getattr(config, name))
         if name == "models":
-            bad += [m for m, _ in (*config.model_lr, *config.model_width) if m not in allowed]
+            bad += _unknown_models(tuple(m for m, _ in (*config.model_lr, *config.model_width)))
         if bad:
-            raise ConfigError(f"unknown {name} {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
+            raise ConfigError(f"unknown model in {name}: {', '.join(bad)}; choose from {', '.join(MODEL_NAMES)} "
+                              f"or a timm model name (`python -c \"import timm; print(timm.list_models('*lite*'))\"`)")
     if config.pseudo_label_confidence and not 0.5 <= config.pseudo_label_confidence <= 1:
         raise ConfigError(f"pseudo_label_confidence is 0 (off) or in [0.5, 1], got {config.pseudo_label_confidence}")
     bad_widths = [f"{m}={w}" for m, w in config.model_width if not w > 0]
@@ -217,6 +220,16 @@ def make_config(preset: str = "full", /, **overrides) -> Config:
                           f"float32, so it crafts in float32; add it to bf16_models or drop it from bf16_crafting")
     _check_ranges(config)
     return config
+
+
+def _unknown_models(names: tuple[str, ...]) -> list[str]:
+    """The names neither in the zoo nor timm's (timm, and so torch, load only when a name needs it)."""
+    others = [name for name in names if name not in MODEL_NAMES]
+    if not others:
+        return []
+    import timm
+
+    return [name for name in others if not timm.is_model(name)]
 
 
 def _check_ranges(config: Config) -> None:
@@ -279,10 +292,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generated-dir", default=None, help="where augmented/adversarial samples go")
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--viz-dir", default=None)
-    parser.add_argument("--models", default=None, help=f"comma list of {','.join(MODEL_NAMES)}")
+    parser.add_argument("--models", default=None,
+                        help=f"comma list of {','.join(MODEL_NAMES)} or any timm model name (default: the first three)")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                        help="start timm members from ImageNet weights (the pretrained preset requires them)")
+    parser.add_argument("--weights-dir", default=None,
+                        help="folder of ImageNet weights named <timm name>.safetensors (or .pth, .bin)")
     parser.add_argument("--epochs", type=int, default=None, help="base-training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -301,6 +318,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         device=args.device,
         seed=args.seed,
         pretrained=args.pretrained,
+        weights_dir=args.weights_dir,
         base_epochs=args.epochs,
         finetune_epochs=args.finetune_epochs,
         batch_size=args.batch_size,

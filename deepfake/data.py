@@ -284,6 +284,9 @@ def images_digest(images: ImageSet) -> str:
     return digest.hexdigest()[:12]
 
 
+SPLIT_NAME = "split.json"  # the saved split, in the run's checkpoint folder
+
+
 def save_split(path: str | Path, train: ImageSet, val: ImageSet, **meta) -> None:
     """Record the split as image paths (as given) and labels, plus ``meta``, in a JSON file.
 

@@ -26,17 +26,17 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoints import load_checkpoint, read_checkpoint
 from .config import WEIGHT_SCHEMES, Config
-from .data import CLASS_NAMES, ImageSet, file_number, load_split, load_test
+from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, file_number, load_split, load_test
 from .errors import DeepfakeError
 from .inference import predict_fake_proba
 from .io import atomic_path, write_json
 from .metrics import classification_metrics
-from .models import load_checkpoint, read_checkpoint
-from .pipeline import SPLIT_NAME, load_run_config, setup_runtime
 from .plots import plot_models_overview
 from .report import write_report
-from .results import load_results, results_path, update_results
+from .results import load_results, load_run_config, results_path, update_results
+from .runtime import setup_runtime
 
 log = logging.getLogger(__name__)
 

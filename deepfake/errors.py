@@ -11,11 +11,19 @@ class ConfigError(DeepfakeError, ValueError):
     """An unknown preset, model or config field."""
 
 
-def report_errors(command: Callable[[], object]) -> int:
-    """Run a script's work; a user-fixable error becomes one line on stderr and exit status 2."""
+class CheckpointError(DeepfakeError):
+    """A checkpoint is missing, unreadable or does not match the model definition."""
+
+
+def report_errors(command: Callable[[], object], interrupted: str = "nothing was written") -> int:
+    """Run a script's work; a user-fixable error becomes one line on stderr and exit status 2, Ctrl-C one line
+    saying ``interrupted`` (what is kept) and exit status 130."""
     try:
         command()
     except DeepfakeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        return 130
     return 0

@@ -20,17 +20,27 @@ from sklearn.metrics import classification_report, confusion_matrix
 from tqdm.auto import tqdm
 
 from .attacks import eval_mode, fgsm, pgd
+from .checkpoints import CheckpointError, load_checkpoint
 from .config import Config
 from .corruptions import CORRUPTIONS, corrupt
-from .data import CLASS_NAMES, ImageSet, load_split, to_tensor
+from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, load_split, to_tensor
 from .explain import gradcam, target_layer_name
 from .inference import count_correct, fake_proba, predict_fake_proba, to_float
 from .metrics import classification_metrics
-from .models import CheckpointError, load_checkpoint
-from .pipeline import SPLIT_NAME
-from .plots import (PHASE_TITLES, attack_accuracy, eps_label, figure_names, headline_epsilons, plot_adversarial_grid,
-                    plot_attack_comparison, plot_corruptions, plot_evaluation, plot_gradcam, plot_models_overview,
-                    plot_training_curves)
+from .plots import (
+    PHASE_TITLES,
+    attack_accuracy,
+    eps_label,
+    figure_names,
+    headline_epsilons,
+    plot_adversarial_grid,
+    plot_attack_comparison,
+    plot_corruptions,
+    plot_evaluation,
+    plot_gradcam,
+    plot_models_overview,
+    plot_training_curves,
+)
 from .report import write_report
 from .results import load_results, results_path, timed, update_results
 

@@ -1,8 +1,10 @@
 """Grad-CAM maps: which part of a 32x32 image drove the real/fake decision.
 
-The candidate layers are named per architecture (its stages). At 32x32 input the last stage of
-every model is 1x1 or 2x2, which upsamples to a uniform blob, so the map comes from the deepest
-candidate that still has a MIN_GRID x MIN_GRID grid: coarse, but it can point at a quadrant.
+The candidate layers are a model's stages: named for the zoo's architectures, timm's
+``feature_info`` for any other. At 32x32 input the last stage of every model is 1x1 or 2x2, which
+upsamples to a uniform blob, so the map comes from the deepest candidate that still has a
+MIN_GRID x MIN_GRID grid: coarse, but it can point at a quadrant. The map explains the pixel
+backbone only; a model's spectrum head (models.SpectrumHead) adds logits it does not cover.
 """
 from __future__ import annotations
 
@@ -28,9 +30,7 @@ CANDIDATE_LAYERS: dict[str, Callable[[nn.Module], list[nn.Module]]] = {
 
 def target_layer(model: nn.Module, image_size: int = 32) -> nn.Module:
     """The deepest candidate layer of ``model.arch`` whose map is at least MIN_GRID cells wide at ``image_size``."""
-    if model.arch not in CANDIDATE_LAYERS:
-        raise ValueError(f"no Grad-CAM layers named for {model.arch!r}; add them to CANDIDATE_LAYERS")
-    candidates = CANDIDATE_LAYERS[model.arch](model)
+    candidates = _candidates(model)
     grid: dict[int, int] = {}  # candidate index -> cells per side of its output
 
     def record(index: int):
@@ -46,6 +46,15 @@ def target_layer(model: nn.Module, image_size: int = 32) -> nn.Module:
             hook.remove()
     usable = [i for i, cells in grid.items() if cells >= MIN_GRID]
     return candidates[max(usable, default=0)]
+
+
+def _candidates(model: nn.Module) -> list[nn.Module]:
+    if model.arch in CANDIDATE_LAYERS:
+        return CANDIDATE_LAYERS[model.arch](model)
+    stages = getattr(model.backbone, "feature_info", None)
+    if not stages:
+        raise ValueError(f"no Grad-CAM layers known for {model.arch!r}; add them to CANDIDATE_LAYERS")
+    return [model.backbone.get_submodule(stage["module"]) for stage in stages]
 
 
 def target_layer_name(model: nn.Module, image_size: int = 32) -> str:

@@ -34,8 +34,8 @@ def data_dir() -> Path:
 
 def checkpoint_dir() -> Path:
     """$DEEPFAKE_CHECKPOINT_DIR, else the config's checkpoint dir if it holds a training run, else a tiny demo run."""
-    from .models import CheckpointError  # imports timm: only the notebooks that load checkpoints pay for it
-    from .pipeline import load_run_config
+    from .errors import CheckpointError
+    from .results import load_run_config
 
     explicit = os.environ.get(CHECKPOINT_ENV)
     configured = REPO_ROOT / (explicit or make_config().checkpoint_dir)

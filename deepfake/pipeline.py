@@ -6,7 +6,6 @@ interrupted run resumes where it stopped and a finished model is never retrained
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -15,52 +14,42 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import TRAINING_KEYS, Config, config_from_dict
+from .checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .config import TRAINING_KEYS, Config
 from .data import (
-    ImageSet, find_test_dir, images_digest, load_labelled, load_test, resolve_data_dir, save_split, split_indices,
+    SPLIT_NAME,
+    ImageSet,
+    find_test_dir,
+    images_digest,
+    load_labelled,
+    load_test,
+    resolve_data_dir,
+    save_split,
+    split_indices,
 )
-from .inference import select_device
-from .models import CheckpointError, build_from_config, load_checkpoint, read_checkpoint, save_checkpoint
+from .evaluate import evaluate_run
+from .models import build_from_config, zoo_entry
+from .pretrained import require_weights
 from .pseudo_labels import pseudo_labelled
-from .results import library_versions, machine_description, results_path, timed, update_results
+from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
+from .runtime import seed_everything, setup_runtime
 from .samples import adversarial_samples, augmented_samples
-from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, seed_everything, train_phase
+from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, train_phase
 
 log = logging.getLogger(__name__)
-SPLIT_NAME = "split.json"
-
-
-class TqdmLoggingHandler(logging.Handler):
-    """Log lines that do not tear the progress bars."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(self.format(record))
-
-
-def setup_runtime(config: Config) -> torch.device:
-    package_logger = logging.getLogger("deepfake")
-    if not package_logger.handlers:
-        handler = TqdmLoggingHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        package_logger.addHandler(handler)
-        package_logger.setLevel(logging.INFO)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    seed_everything(config.seed)
-    return select_device(config.device)
 
 
 def run(config: Config, *, force: bool = False, evaluate_only: bool = False, explicit_data_dir: bool = True) -> dict:
     """Train and evaluate every model in ``config.models``; returns the results dict."""
-    from .evaluate import evaluate_run
-
     if evaluate_only:
         # Re-evaluate the run as it was configured; only where it lives, where to compute and which of its
         # models (every one trained, unless --models picks some) may differ.
         recorded = replace(load_run_config(config.checkpoint_dir), device=config.device, models=config.models)
         return evaluate_run(recorded, setup_runtime(recorded))
     device = setup_runtime(config)
+    if config.pretrained and config.require_pretrained:
+        timm_names = {name: zoo_entry(name).timm_name for name in config.models}
+        require_weights({name: timm_name for name, timm_name in timm_names.items() if timm_name}, config.weights_dir)
 
     timings: dict[str, float] = {}
     with timed(timings, "load_data"):
@@ -165,25 +154,27 @@ class _ModelTrainer:
             log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
             return True
         return self._train(name, lambda: build_from_config(name, self.config).to(self.device),
-                           base_settings(self.config, name), pool, val, timings)
+                           lambda model: base_settings(self.config, name, model.pretrained_loaded), pool, val, timings)
 
     def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
         if self._is_current(name, "final"):
             log.info("%s: final checkpoint matches the config, skipping phase 2 (--force retrains)", name)
             return True
         return self._train(name, lambda: load_checkpoint(self.checkpoint(name, "base"), self.device),
-                           finetune_settings(self.config, name), pool, val, timings)
+                           lambda model: finetune_settings(self.config, name), pool, val, timings)
 
     def best_base(self, names: list[str]) -> str:
         accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}
         return max(accuracies, key=accuracies.get)
 
-    def _train(self, name, make_model: Callable[[], nn.Module], settings: PhaseSettings, pool, val, timings) -> bool:
+    def _train(self, name, make_model: Callable[[], nn.Module], make_settings: Callable[[nn.Module], PhaseSettings],
+               pool, val, timings) -> bool:
         # Reseeded per phase: a model's initialisation and dropout must not depend on which models
         # trained (or were skipped as already trained) before it, so a resumed or single-model run
         # rebuilds the model a full run made.
         seed_everything(self.config.seed)
         model = make_model()
+        settings = make_settings(model)
         phase = "final" if settings.name == "finetune" else "base"
         log.info("%s: %s phase, %d epochs on %d images", name, settings.name, settings.epochs, len(pool))
         try:
@@ -257,25 +248,3 @@ def _images_to_pseudo_label(config: Config, data_dir: Path, test_dir: Path | Non
 
 def _class_counts(images: ImageSet) -> dict[str, int]:
     return {"real": int((images.labels == 0).sum()), "fake": int((images.labels == 1).sum())}
-
-
-def load_run_config(checkpoint_dir: str | Path) -> Config:
-    """The config a finished training run recorded, for evaluation and the ensemble.
-
-    The run may since have been copied, moved or be read from another working directory: it now lives in
-    ``checkpoint_dir``, and its figures folder keeps its place relative to it, so that re-evaluating a copy
-    writes the copy's report and never overwrites the original's. Only a figures folder given one way
-    (absolute) and the checkpoints the other (relative) had no place relative to them: it stays as given.
-    """
-    from .results import load_results
-
-    results = load_results(results_path(checkpoint_dir))
-    if "config" not in results:
-        raise CheckpointError(
-            f"no training run found in {checkpoint_dir}: run `python deepfake_detection.py` first"
-        )
-    recorded = config_from_dict(results["config"])
-    viz_dir = recorded.viz_dir
-    if Path(viz_dir).is_absolute() == Path(recorded.checkpoint_dir).is_absolute():
-        viz_dir = os.path.normpath(Path(checkpoint_dir) / os.path.relpath(viz_dir, recorded.checkpoint_dir))
-    return replace(recorded, checkpoint_dir=str(checkpoint_dir), viz_dir=viz_dir)

@@ -28,6 +28,7 @@ from .data import CLASS_NAMES, ImageSet, augment, to_tensor, train_transform
 from .errors import DeepfakeError
 from .inference import predict_fake_proba, to_float
 from .metrics import classification_metrics
+from .models import head_parameters
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,13 @@ class PhaseResult:
     precision: str = "float32"  # of the training steps: "bfloat16" when settings.bf16 took effect here
 
 
-def base_settings(config: Config, model: str | None = None) -> PhaseSettings:
-    """Phase 1 for ``model``: its own learning rate if ``config.model_lr`` names one."""
+def base_settings(config: Config, model: str | None = None, pretrained: bool = False) -> PhaseSettings:
+    """Phase 1 for ``model``: its own learning rate if ``config.model_lr`` names one; a model that starts from
+    ImageNet weights fine-tunes for ``pretrained_epochs`` and keeps its last epoch."""
     lr = dict(config.model_lr).get(model, config.lr)
+    if pretrained and config.pretrained_epochs:
+        return PhaseSettings("base", config.pretrained_epochs, lr, 0.0, None, config.corruption_prob,
+                             model in config.bf16_models)
     patience = None if config.average_epochs else config.patience
     return PhaseSettings("base", config.base_epochs, lr, 0.0, patience, config.corruption_prob,
                          model in config.bf16_models, average_epochs=config.average_epochs,
@@ -100,7 +105,8 @@ def train_phase(
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total_steps = max(1, settings.epochs * steps_per_epoch)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, settings.lr, config.backbone_lr_scale),
+                                  lr=settings.lr, weight_decay=config.weight_decay)
     warmup_steps = config.warmup_epochs * steps_per_epoch if settings.name == "base" else 0
     scheduler = CosineLRScheduler(
         optimizer, t_initial=total_steps, lr_min=settings.lr * 0.01, warmup_t=warmup_steps,
@@ -110,7 +116,7 @@ def train_phase(
     transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob, config.cutout_prob)
     images = to_tensor(train_set.images)
     labels = torch.from_numpy(train_set.labels)
-    bf16 = settings.bf16 and bf16_is_fast(device)
+    bf16 = (settings.bf16 or device.type == "cuda") and bf16_is_fast(device)  # a GPU always trains mixed
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     anchor = _frozen_copy(model) if settings.anchor > 0 else None
     mixing = np.random.default_rng([config.seed, 1]) if settings.mixup_alpha > 0 else None
@@ -208,6 +214,16 @@ def train_phase(
     result.seconds = train_seconds
     result.images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
     return result
+
+
+def _parameter_groups(model: torch.nn.Module, lr: float, backbone_scale: float) -> list[dict]:
+    """One group at ``lr``; for a pretrained model, its backbone at ``backbone_scale`` times that (ImageNet
+    features need gentler steps than the new head)."""
+    if not getattr(model, "pretrained_loaded", False) or backbone_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    head = {id(p) for p in head_parameters(model)}
+    return [{"params": [p for p in model.parameters() if id(p) in head], "lr": lr},
+            {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr * backbone_scale}]
 
 
 NATIVE_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu functions
@@ -318,11 +334,3 @@ def _phase2_precision(device: torch.device, bf16_crafting: bool) -> ContextManag
     step's own precision: ResNet-SE's phase 2 then runs about 1.4x faster here, ConvNeXt-Tiny's gains 5-10 s
     (benchmarks/LEVERS.md, rounds 17 and 18)."""
     return contextlib.nullcontext() if bf16_crafting else torch.autocast(device.type, enabled=False)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -6,7 +6,14 @@ from dataclasses import fields
 import pytest
 
 from deepfake.config import (
-    MODEL_NAMES, PRESETS, TRAINING_KEYS, Config, add_config_arguments, config_from_args, config_from_dict, make_config,
+    MODEL_NAMES,
+    PRESETS,
+    TRAINING_KEYS,
+    Config,
+    add_config_arguments,
+    config_from_args,
+    config_from_dict,
+    make_config,
 )
 from deepfake.errors import ConfigError
 
@@ -47,8 +54,9 @@ def test_flags_override_preset():
 
 
 def test_unknown_names_fail_with_the_choices():
-    with pytest.raises(ConfigError, match="resnet_se"):
-        make_config("quick", models=("resnet50",))
+    with pytest.raises(ConfigError, match="resnet_se or a timm model name"):
+        make_config("quick", models=("resnet_fifty",))
+    assert make_config("quick", models=("resnet50", "resnet_se")).models == ("resnet50", "resnet_se")  # timm's
     with pytest.raises(ConfigError, match="quick"):
         make_config("nope")
     with pytest.raises(ConfigError, match="epochz"):
@@ -61,7 +69,7 @@ def test_unknown_names_fail_with_the_choices():
         make_config("full", spectrum_models=("resnet",))
     with pytest.raises(ConfigError, match="convnext; choose from"):
         make_config("full", model_width=(("convnext", 0.5),))
-    with pytest.raises(ConfigError, match="unknown bf16_crafting resnet; choose from"):
+    with pytest.raises(ConfigError, match="unknown model in bf16_crafting: resnet; choose from"):
         make_config("full", bf16_crafting=("resnet",))
     with pytest.raises(ConfigError, match=r"bf16_crafting takes a tuple like \(1, 2\), got True"):
         make_config("full", bf16_crafting=True)  # a bool before it became a per-model list
@@ -89,7 +97,8 @@ def test_dict_round_trip_and_fingerprint():
 
 # Fields that change where outputs go, what is evaluated or how fast: never what a trained model is.
 NOT_TRAINING = {"preset", "data_dir", "generated_dir", "checkpoint_dir", "viz_dir", "models", "device", "threads",
-                "eval_epsilons", "pgd_steps", "corruption_severities", "gradcam_images", "eval_batch_size", "tta_flip"}
+                "eval_epsilons", "pgd_steps", "corruption_severities", "gradcam_images", "eval_batch_size", "tta_flip",
+                "require_pretrained"}
 
 
 def test_every_field_is_either_a_training_key_or_known_not_to_change_a_model():

@@ -11,15 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
+from deepfake.checkpoints import load_checkpoint, read_checkpoint
 from deepfake.config import MODEL_NAMES
 from deepfake.data import file_number, list_image_files, load_images
 from deepfake.ensemble import (
-    EnsembleError, better_single, choose_threshold, crossfit_accuracy, ensemble_weights, explicit_members,
-    submission_rows, weighted_fake_proba,
+    EnsembleError,
+    better_single,
+    choose_threshold,
+    crossfit_accuracy,
+    ensemble_weights,
+    explicit_members,
+    submission_rows,
+    weighted_fake_proba,
 )
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
-from deepfake.models import load_checkpoint, read_checkpoint
 from deepfake.plots import OVERVIEW_NAME
 from deepfake.report import REPORT_NAME
 from deepfake.results import load_results, results_path

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 import deepfake_detection
+from deepfake.checkpoints import save_checkpoint
 from deepfake.config import make_config
 from deepfake.corruptions import CORRUPTIONS
 from deepfake.data import ImageSet, save_split
 from deepfake.evaluate import adversarial_examples, attack_sweep, clean_metrics, evaluate_run, showcase_indices
 from deepfake.inference import predict_fake_proba
 from deepfake.io import write_json
-from deepfake.models import build_model, save_checkpoint
+from deepfake.models import build_model
 from deepfake.plots import OVERVIEW_NAME, figure_names
 from deepfake.report import REPORT_NAME
 from deepfake.results import load_results, results_path, update_results

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from timm.layers import SEModule
 from torch import nn
 
+from deepfake.checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from deepfake.config import MODEL_NAMES, make_config
-from deepfake.models import (CheckpointError, build_from_config, build_model, load_checkpoint, read_checkpoint,
-                             save_checkpoint)
+from deepfake.models import build_from_config, build_model
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +49,9 @@ def test_model_maps_unit_images_to_two_logits(name, models, images):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_normalisation_is_the_first_layer(name, models):
+def test_normalisation_follows_the_resize_at_the_front(name, models):
     model = models[name]
-    assert next(model.children()) is model.normalize
+    assert list(model.children())[:2] == [model.resize, model.normalize] and model.resize.size == 32
     mean_image = torch.tensor(timm.data.IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     assert torch.allclose(model.normalize(mean_image), torch.zeros(1, 3, 4, 4), atol=1e-6)
 
@@ -65,8 +65,8 @@ def test_resnet_se_has_three_squeeze_excitation_stages_and_the_specified_head(mo
 
 
 def test_unknown_model_name_fails_loudly():
-    with pytest.raises(ValueError, match="resnet_se"):
-        build_model("vgg16")
+    with pytest.raises(ValueError, match="resnet_se or any timm model name"):
+        build_model("not_a_network")
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -234,3 +234,52 @@ def test_spectrum_features_expose_a_faint_periodic_trace_that_pixel_statistics_h
     change[..., 16, 16] = change[..., 0, 0] = 0  # the DC bin is ~0 once the mean is removed
     assert change.abs().max() < 1e-3
     assert SpectrumHead.log_spectrum(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 17)
+
+
+def test_weights_dir_file_is_loaded_through_timm_before_any_hub(tmp_path, caplog):
+    """A <timm name>.safetensors in the weights folder is what the model starts from; the head stays new."""
+    reference = timm.create_model("test_efficientnet").state_dict()
+    save_file(reference, tmp_path / "test_efficientnet.safetensors")
+    with caplog.at_level(logging.INFO, logger="deepfake.models"):
+        model = build_model("test_efficientnet", pretrained=True, input_size=64, weights_dir=tmp_path)
+    loaded = model.backbone.state_dict()
+    assert model.pretrained_loaded is True and f"from {tmp_path / 'test_efficientnet.safetensors'}" in caplog.text
+    assert all(torch.equal(loaded[k], v) for k, v in reference.items() if not k.startswith("classifier"))
+    assert loaded["classifier.weight"].shape == (2, reference["classifier.weight"].shape[1])
+    cfg = timm.models.get_pretrained_cfg("test_efficientnet")
+    assert torch.allclose(model.normalize.mean.flatten(), torch.tensor(cfg.mean))  # the weights' own normalisation
+
+
+def test_missing_weights_stop_a_run_that_requires_them_naming_the_file_and_both_fixes(tmp_path):
+    from deepfake.errors import ConfigError
+    from deepfake.pretrained import require_weights
+
+    with pytest.raises(ConfigError) as error:
+        require_weights({"tf_efficientnet_lite0": "tf_efficientnet_lite0"}, tmp_path)
+    message = str(error.value)
+    assert f"{tmp_path / 'tf_efficientnet_lite0'}{{.safetensors,.pth,.bin}}" in message
+    assert "--weights-dir" in message and "Hugging Face hub" in message and "\n" not in message
+    (tmp_path / "tf_efficientnet_lite0.pth").write_bytes(b"")
+    require_weights({"tf_efficientnet_lite0": "tf_efficientnet_lite0"}, tmp_path)  # found: no error
+
+
+def test_up_scaling_model_is_attacked_within_the_budget_of_the_original_pixels(images):
+    from deepfake.attacks import pgd
+
+    model = build_model("test_efficientnet", input_size=64).eval()
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-1]))
+    eps = 4 / 255
+    adversarial = pgd(model, images, torch.tensor([0, 1, 0]), eps, steps=3, step_size=eps / 2)
+    assert adversarial.shape == images.shape and seen[-1] == 64
+    assert (adversarial - images).abs().max() <= eps + 1e-6 and (adversarial - images).abs().max() > eps / 4
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+def test_checkpoint_keeps_a_timm_member_and_its_input_size(images, tmp_path):
+    model = build_model("test_efficientnet", input_size=48).eval()
+    save_checkpoint(tmp_path / "m.pt", model, config={}, phase="base")
+    restored = load_checkpoint(tmp_path / "m.pt")
+    assert restored.arch == "test_efficientnet" and restored.input_size == 48
+    with torch.no_grad():
+        assert torch.equal(restored(images), model(images))

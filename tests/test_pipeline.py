@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_config
 
+from conftest import run_config
+from deepfake.checkpoints import load_checkpoint, read_checkpoint
 from deepfake.config import MODEL_NAMES, make_config
 from deepfake.data import load_split
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
 from deepfake.metrics import classification_metrics
-from deepfake.models import load_checkpoint, read_checkpoint
-from deepfake.pipeline import _images_to_pseudo_label, load_run_config, run
+from deepfake.pipeline import _images_to_pseudo_label, run
 from deepfake.report import REPORT_NAME
-from deepfake.results import load_results, results_path
+from deepfake.results import load_results, load_run_config, results_path
 from deepfake.samples import sample_manifest
 from deepfake.train import NonFiniteLossError, bf16_is_fast
 
@@ -184,3 +184,39 @@ def test_only_an_unlabelled_test_folder_is_pseudo_labelled(tmp_path, demo_dir, c
     assert _images_to_pseudo_label(run_config(tmp_path, demo_dir), demo_dir, demo_dir / "test") is None  # off
     test_images = len(list((demo_dir / "test").glob("*.png")))
     assert len(_images_to_pseudo_label(config, demo_dir, demo_dir / "test")) == test_images
+
+
+def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_path, demo_dir):
+    """Any timm architecture by name: ImageNet weights from --weights-dir, up-scaled input, its own short
+    schedule with a gentler backbone, both phases, evaluation and the submission."""
+    import timm
+    from safetensors.torch import save_file
+
+    from deepfake.ensemble import run_ensemble
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    save_file(timm.create_model("test_efficientnet").state_dict(), weights / "test_efficientnet.safetensors")
+    config = run_config(tmp_path, demo_dir, models=("resnet_se", "test_efficientnet"), pretrained=True,
+                        require_pretrained=True, weights_dir=str(weights), input_size=48, pretrained_epochs=2,
+                        backbone_lr_scale=0.1, spectrum_models=(), model_width=())
+    results = run(config)
+    entry = results["models"]["test_efficientnet"]
+    assert entry["pretrained"] is True and results["models"]["resnet_se"]["pretrained"] is False
+    assert len(entry["history"]["base"]) == 2 and len(results["models"]["resnet_se"]["history"]["base"]) == 1
+    final = load_checkpoint(Path(config.checkpoint_dir) / "test_efficientnet_final.pt")
+    assert final.input_size == 48 and final.pretrained_loaded
+    assert load_checkpoint(Path(config.checkpoint_dir) / "resnet_se_final.pt").input_size == 32
+    assert entry["evaluation"]["final"]["attacks"] and entry["evaluation"]["gradcam"]["layer"]
+    meta = run_ensemble(config.checkpoint_dir, output=tmp_path / "submission.json", device="cpu")
+    assert {m["name"] for m in meta["members"]} == {"resnet_se", "test_efficientnet"}
+
+
+def test_a_run_that_requires_pretrained_weights_stops_before_training_when_they_are_missing(tmp_path, demo_dir):
+    from deepfake.errors import ConfigError
+
+    config = run_config(tmp_path, demo_dir, models=("resnet_se", "test_efficientnet"), pretrained=True,
+                        require_pretrained=True, weights_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="test_efficientnet.safetensors in a folder passed as --weights-dir"):
+        run(config)
+    assert not Path(config.checkpoint_dir).exists()
