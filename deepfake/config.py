@@ -155,7 +155,7 @@ PRESETS: dict[str, dict] = {
     # ImageNet-pretrained timm members at full width with their stock stems, fed the 32x32 images up-scaled
     # inside the model and fine-tuned briefly; ResNet-SE (no ImageNet weights) trains from scratch as in full.
     "pretrained": dict(
-        _FULL, pretrained=True, require_pretrained=True, input_size=128, pretrained_epochs=8, spectrum_models=(),
+        _FULL, pretrained=True, require_pretrained=True, input_size=64, pretrained_epochs=8, spectrum_models=(),
         model_width=(), model_lr=(),
     ),
     # The original seed notebook's recipe, kept so it can be rerun and compared.
