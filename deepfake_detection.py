@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deepfake.config import add_config_arguments, config_from_args
+from deepfake.cli import add_config_arguments, config_from_args
 from deepfake.errors import report_errors
 
 

@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-dir", default=None, help="images to predict (default: test/ of the run's data dir)")
     parser.add_argument("--output", default="submission.json", help="also writes <name>.meta.json next to it")
     parser.add_argument("--weights", default="accuracy", choices=WEIGHT_SCHEMES,
-                        help="weigh each model equally or by its validation accuracy / ROC-AUC")
+                        help="weigh each model equally, or by its validation accuracy, ROC-AUC or accuracy's log-odds "
+                             "(default: accuracy)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="fake probability from which an image is called fake "
                              "(default: the cut with the best validation accuracy, nearest 0.5 among ties)")

@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -258,19 +259,47 @@ def summarise_run(results: dict) -> dict:
             "config": results.get("config", {})}
 
 
-def write_results_markdown(folder: Path) -> None:
-    """One section per preset that has a results JSON, so reruns of one preset keep the others."""
-    sections = ["# Benchmark results\n", "Every number below is written by `benchmarks/benchmark.py`; rerun the "
-                "command shown in each section to reproduce it. Data: `../shared/data/synergy25/train` "
-                "(CIFAKE-based challenge data), split once into a pipeline part and an unseen part.\n"]
+README_MARKERS = ("<!-- results table: start -->", "<!-- results table: end -->")
+
+
+def write_results_markdown(folder: Path, readme: Path = REPO / "README.md") -> None:
+    """One section per run that has a results JSON (reruns of one keep the others), a summary table on top,
+    and the same summary table in the README between its markers."""
     reports = [json.loads(path.read_text()) for path in folder.glob("results_*.json")]
     replicate_last = lambda r: (r["preset"], r.get("train_seed") is not None, r.get("train_seed") or 0)  # noqa: E731
-    for report in sorted(reports, key=replicate_last):
-        sections.append(markdown_section(report))
-    levers = folder / "LEVERS.md"
-    if levers.exists():
-        sections.append(levers.read_text())
+    reports.sort(key=replicate_last)
+    summary = summary_table(reports)
+    sections = ["# Benchmark results\n", "Every number below is written by `python -m benchmarks.benchmark`; rerun "
+                "the command shown in each section to reproduce it. Data: `../shared/data/synergy25/train` "
+                "(CIFAKE-based challenge data), split once into a pipeline part and an unseen part.\n", summary, ""]
+    sections += [markdown_section(report) for report in reports]
     write_text(folder / "RESULTS.md", "\n".join(sections))
+    if readme.exists() and all(marker in readme.read_text() for marker in README_MARKERS):
+        text = readme.read_text()
+        start, end = text.index(README_MARKERS[0]) + len(README_MARKERS[0]), text.index(README_MARKERS[1])
+        write_text(readme, text[:start] + "\n" + summary + "\n" + text[end:])
+
+
+def summary_table(reports: list[dict]) -> str:
+    """One row per run, on its unseen split: the best single model, the ensemble, the attacked model's
+    robustness and corruptions, and the pipeline's wall time."""
+    pct = lambda value: "n/a" if value is None else f"{100 * value:.1f}"  # noqa: E731
+    rows = ["| run (command) | best single model, unseen acc | ensemble | PGD-20 2/255 / 8/255 (that model) "
+            "| JPEG q40 / noise / blur | pipeline time |", "|---|---|---:|---|---|---:|"]
+    for report in reports:
+        singles = {name: s for name, s in report["unseen"].items() if name != "ensemble"}
+        best = max(singles, key=lambda name: singles[name]["clean"]["accuracy"])
+        attacked = next((name for name, s in singles.items() if s.get("pgd20_2/255") is not None), best)
+        a, b = singles[best], singles[attacked]
+        ensemble = report["unseen"].get("ensemble", {}).get("clean", {}).get("accuracy")
+        seconds = report["stage_seconds"].get("deepfake_detection.py")
+        arguments = re.sub(r"^python (-m benchmarks\.benchmark|benchmarks/benchmark\.py) ?", "", report["command"])
+        rows.append(f"| `{arguments or '--preset quick'}` | {best} "
+                    f"{pct(a['clean']['accuracy'])} | {pct(ensemble) if len(singles) > 1 else '(one model)'} "
+                    f"| {attacked}: {pct(b.get('pgd20_2/255'))} / {pct(b.get('pgd20_8/255'))} "
+                    f"| {' / '.join(pct(a.get(c)) for c in CORRUPTIONS)} "
+                    f"| {'n/a' if seconds is None else f'{seconds / 60:.1f} min'} |")
+    return "\n".join(rows)
 
 
 def markdown_section(report: dict) -> str:

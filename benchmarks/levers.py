@@ -10,14 +10,12 @@ on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config f
 the training split (a learning curve; set epochs and ``augment_per_class`` to match). Prints one
 JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and PGD-10 accuracy at
 2/255 and 8/255 before and after phase 2; validation accuracy with flip test-time augmentation and
-under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl. With
-``pseudo_label_confidence`` set, phase 2 also trains on the test images of
-``--test-dir`` that the model's own base weights call confidently; the pipeline uses its best base model.
+under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl.
 
     python -m benchmarks.levers --table
 
 rewrites the table between the markers in benchmarks/LEVERS.md from levers.jsonl, so no number
-there is typed by hand, and rebuilds benchmarks/RESULTS.md, which carries LEVERS.md.
+there is typed by hand.
 """
 from __future__ import annotations
 
@@ -32,19 +30,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.benchmark import (
-    CORRUPTIONS, SPLIT_SEED, UNSEEN_FRACTION, corrupted_accuracy, prepare_split, write_results_markdown,
-)
+from benchmarks.benchmark import CORRUPTIONS, SPLIT_SEED, UNSEEN_FRACTION, corrupted_accuracy, prepare_split
 from benchmarks.common import REPO, RUNS, SHARED
 from deepfake.attacks import pgd
-from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config, parse_overrides
-from deepfake.data import (
-    SPLIT_NAME, ImageSet, images_digest, load_labelled, load_split, load_test, save_split, split_indices,
-)
+from deepfake.cli import parse_overrides
+from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config
+from deepfake.data import SPLIT_NAME, ImageSet, images_digest, load_labelled, load_split, save_split, split_indices
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float
 from deepfake.metrics import classification_metrics
 from deepfake.models import build_from_config
-from deepfake.pseudo_labels import pseudo_labelled
 from deepfake.results import kept_epochs
 from deepfake.runtime import seed_everything, setup_runtime
 from deepfake.samples import augmented_samples
@@ -67,7 +61,6 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
     parser.add_argument("--finetune", action="store_true", help="also run phase 2 and attack before/after")
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
-    parser.add_argument("--test-dir", type=Path, default=SHARED / "test", help="images phase 2 pseudo-labels")
     parser.add_argument("--train-fraction", type=float, default=1.0, metavar="F",
                         help="train on this share of the training split (0 < F <= 1); validation stays whole")
     parser.add_argument("--table", action="store_true", help="only rewrite the table in LEVERS.md")
@@ -76,7 +69,6 @@ def main() -> int:
         parser.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     if args.table:
         write_table()
-        write_results_markdown(LEVERS_MD.parent)  # RESULTS.md carries LEVERS.md below the benchmark numbers
         return 0
 
     overrides = parse_overrides(args.set)
@@ -100,13 +92,8 @@ def main() -> int:
     }
     if args.finetune:
         record["attack_before"] = attack_accuracy(model, val, device)
-        finetune_pool = pool
-        if config.pseudo_label_confidence:  # labelled by this base model (the pipeline's: its best base model)
-            pseudo = pseudo_labelled(model, load_test(args.test_dir, config.image_size)[0],
-                                     config.pseudo_label_confidence, device)
-            finetune_pool, record["pseudo_labelled"] = ImageSet.concat(pool, pseudo), len(pseudo)
         seed_everything(config.seed)
-        train_phase(model, finetune_pool, val, config, finetune_settings(config, args.model), device,
+        train_phase(model, pool, val, config, finetune_settings(config, args.model), device,
                     label=args.model)
         record["attack_after"] = attack_accuracy(model, val, device)
         record["final_val_acc_tta"] = tta_accuracy(model, val, device)

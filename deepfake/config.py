@@ -5,9 +5,8 @@ config next to its outputs, so any result can be reproduced from its results fil
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
+import difflib
 import functools
 import hashlib
 import json
@@ -18,7 +17,7 @@ from .errors import ConfigError
 MODEL_NAMES = ("convnext_tiny", "efficientnet_b0", "resnet_se")
 AUGMENTATIONS = ("lossless", "seed")  # see data.train_transform and data.sample_transform
 SELECT_METRICS = ("accuracy", "auc")
-WEIGHT_SCHEMES = ("equal", "accuracy", "auc")  # how ensemble.py weighs each model (deepfake.ensemble)
+WEIGHT_SCHEMES = ("equal", "accuracy", "auc", "logodds")  # how ensemble.py weighs each model (deepfake.ensemble)
 CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS}
 MODEL_LISTS = ("models", "spectrum_models", "bf16_models", "bf16_crafting")  # each name: the zoo's or timm's
 
@@ -49,13 +48,6 @@ class Config:
     val_fraction: float = 0.2
     augmentation: str = "seed"  # seed | lossless (data.train_transform, data.sample_transform)
     corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
-    # share of training images given a grey square of half the side (data.train_transform); off in every preset:
-    # ResNet-SE lost 2.0 to 4.6 validation points to it on each of four seeds (benchmarks/LEVERS.md, round 19)
-    cutout_prob: float = 0.0
-    # > 0: phase 1 trains on mixup batches (Zhang et al. 2018): each image blended with another of the batch by a
-    # weight drawn from Beta(alpha, alpha), the labels alike (train._mixup); off in every preset: at 0.4 ResNet-SE
-    # moved within the seed spread, +0.8 points on the mean of four seeds (benchmarks/LEVERS.md, round 22)
-    mixup_alpha: float = 0.0
     # Phase 1: base training
     batch_size: int = 128
     lr: float = 5e-4  # AdamW, peak of the cosine schedule
@@ -72,7 +64,6 @@ class Config:
     average_epochs: int = 0
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # 0 disables the weight EMA
     max_steps_per_epoch: int = 0  # 0 = whole epoch; tests cap it
     # Phase 2: adversarial fine-tuning
     finetune_epochs: int = 15
@@ -81,16 +72,10 @@ class Config:
     fgsm_epsilons: tuple[float, ...] = (0.02, 0.03, 0.05, 0.08)  # pixel units in [0, 1]
     fgsm_random_start: bool = False  # "Fast is better than free" style start
     finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
-    finetune_corruption_prob: float = 0.0  # phase 2's corruption share, if above corruption_prob (train.py)
-    trades_beta: float = 0.0  # > 0: TRADES-style loss on the adversarial share (train._batch_loss)
     finetune_anchor: float = 0.0  # > 0: weight of KL(base model || model) on phase 2's clean share (train._batch_loss)
     # bf16_models named here also craft phase 2's adversarial share and compute its anchor targets under bfloat16
     # autocast, not only the training steps (train._phase2_precision); evaluation's attacks stay float32 either way
     bf16_crafting: tuple[str, ...] = ()
-    # > 0: phase 2 also trains on the unlabelled test images that the best base model calls with at least
-    # this confidence (max of p(fake), p(real)), labelled with its calls (deepfake/pseudo_labels.py); off in
-    # every preset: no gain on the pipeline's validation split (benchmarks/LEVERS.md, round 11)
-    pseudo_label_confidence: float = 0.0
     # Generated samples (from the training split only)
     augment_per_class: int = 250
     adversarial_count: int = 400
@@ -119,11 +104,10 @@ class Config:
 TRAINING_KEYS = (
     "seed", "pretrained", "weights_dir", "spectrum_models", "bf16_models", "image_size", "input_size",
     "pretrained_epochs", "backbone_lr_scale", "val_fraction", "augmentation",
-    "corruption_prob", "cutout_prob", "mixup_alpha", "batch_size", "lr", "model_lr", "model_width", "weight_decay",
-    "base_epochs", "patience", "select_metric", "average_epochs", "warmup_epochs", "label_smoothing", "ema_decay",
+    "corruption_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay",
+    "base_epochs", "patience", "select_metric", "average_epochs", "warmup_epochs", "label_smoothing",
     "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
-    "finetune_attack_steps", "finetune_corruption_prob", "trades_beta", "finetune_anchor", "bf16_crafting",
-    "pseudo_label_confidence", "augment_per_class", "adversarial_count",
+    "finetune_attack_steps", "finetune_anchor", "bf16_crafting", "augment_per_class", "adversarial_count",
 )
 
 # What the small-data measurements kept (benchmarks/LEVERS.md): augmentation that never resamples pixels,
@@ -179,10 +163,10 @@ _AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetun
                  "pgd_steps", "eval_batch_size")
 _NOT_NEGATIVE = ("threads", "input_size", "pretrained_epochs", "backbone_lr_scale", "lr", "finetune_lr", "weight_decay",
                  "average_epochs", "warmup_epochs",
-                 "max_steps_per_epoch", "mixup_alpha", "trades_beta", "finetune_anchor", "augment_per_class",
+                 "max_steps_per_epoch", "finetune_anchor", "augment_per_class",
                  "adversarial_count", "gradcam_images")
-_SHARES = ("corruption_prob", "cutout_prob", "finetune_corruption_prob", "adv_ratio")  # in [0, 1]
-_BELOW_ONE = ("label_smoothing", "ema_decay")  # in [0, 1)
+_SHARES = ("corruption_prob", "adv_ratio")  # in [0, 1]
+_BELOW_ONE = ("label_smoothing",)  # in [0, 1)
 
 
 def make_config(preset: str = "full", /, **overrides) -> Config:
@@ -195,7 +179,9 @@ def make_config(preset: str = "full", /, **overrides) -> Config:
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1)) else name
+                 for name in unknown]
+        raise ConfigError(f"unknown config field(s): {', '.join(hints)}")
     config = Config(preset=preset, **{name: _typed(name, value) for name, value in values.items()})
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
@@ -207,8 +193,6 @@ def make_config(preset: str = "full", /, **overrides) -> Config:
         if bad:
             raise ConfigError(f"unknown model in {name}: {', '.join(bad)}; choose from {', '.join(MODEL_NAMES)} "
                               f"or a timm model name (`python -c \"import timm; print(timm.list_models('*lite*'))\"`)")
-    if config.pseudo_label_confidence and not 0.5 <= config.pseudo_label_confidence <= 1:
-        raise ConfigError(f"pseudo_label_confidence is 0 (off) or in [0.5, 1], got {config.pseudo_label_confidence}")
     bad_widths = [f"{m}={w}" for m, w in config.model_width if not w > 0]
     if bad_widths:
         raise ConfigError(f"model_width multipliers must be positive, got {', '.join(bad_widths)}")
@@ -261,21 +245,6 @@ def _typed(name: str, value):
     return value
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """``FIELD=VALUE`` strings as a dict: VALUE is a Python literal (``8``, ``1e-3``, ``"(0.01, 0.03)"``),
-    anything else a plain string (``augmentation=seed``)."""
-    overrides = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}; e.g. --set trades_beta=6.0")
-        try:
-            overrides[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[name] = text
-    return overrides
-
-
 def config_from_dict(values: dict) -> Config:
     """Rebuild a saved config (JSON turns tuples into lists)."""
     return Config(**{f.name: _tuples(values[f.name]) for f in fields(Config) if f.name in values})
@@ -283,49 +252,3 @@ def config_from_dict(values: dict) -> Config:
 
 def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every entry point shares; values left as None keep the preset's."""
-    parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
-    parser.add_argument("--data-dir", default=None, help="folder with labelled images (default: data)")
-    parser.add_argument("--generated-dir", default=None, help="where augmented/adversarial samples go")
-    parser.add_argument("--checkpoint-dir", default=None)
-    parser.add_argument("--viz-dir", default=None)
-    parser.add_argument("--models", default=None,
-                        help=f"comma list of {','.join(MODEL_NAMES)} or any timm model name (default: the first three)")
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                        help="start timm members from ImageNet weights (the pretrained preset requires them)")
-    parser.add_argument("--weights-dir", default=None,
-                        help="folder of ImageNet weights named <timm name>.safetensors (or .pth, .bin)")
-    parser.add_argument("--epochs", type=int, default=None, help="base-training epochs")
-    parser.add_argument("--finetune-epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
-                        help="any other config field (deepfake/config.py), e.g. --set trades_beta=6.0 lr=1e-3")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
-    flags = dict(
-        data_dir=args.data_dir,
-        generated_dir=args.generated_dir,
-        checkpoint_dir=args.checkpoint_dir,
-        viz_dir=args.viz_dir,
-        models=models,
-        device=args.device,
-        seed=args.seed,
-        pretrained=args.pretrained,
-        weights_dir=args.weights_dir,
-        base_epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs,
-        batch_size=args.batch_size,
-    )
-    flags = {name: value for name, value in flags.items() if value is not None}
-    overrides = parse_overrides(args.overrides)
-    twice = sorted(set(flags) & set(overrides))
-    if twice:
-        raise ConfigError(f"{', '.join(twice)} set both by a flag and by --set; give each once")
-    return make_config(args.preset, **overrides, **flags)

@@ -276,7 +276,7 @@ def images_digest(images: ImageSet) -> str:
 
     The training split's digest is its id: checkpoints and generated samples carry it, so a model or
     sample made from another split, or from images since replaced under the same names, is never taken
-    for one of this split's. The pseudo-labelled test images' digest ties phase 2 to those images.
+    for one of this split's.
     """
     digest = hashlib.sha1("\n".join(images.paths).encode())
     for array in (images.labels, images.images):
@@ -342,16 +342,13 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
-def train_transform(style: str = "lossless", size: int = 32, corruption_prob: float = 0.0,
-                    cutout_prob: float = 0.0) -> A.Compose:
+def train_transform(style: str = "lossless", size: int = 32, corruption_prob: float = 0.0) -> A.Compose:
     """The per-batch jitter of training.
 
     "lossless" only moves pixels (mirror, shift by up to 1/16 of the side, borders reflected), so the
     generator's pixel-level traces survive; "seed" is the seed notebook's jitter (small rotations and
     colour jitter, which resample and recolour the image). Measured in benchmarks/LEVERS.md.
-    ``corruption_prob`` of the images then get one random everyday corruption (:func:`training_corruption`),
-    and ``cutout_prob`` of them a mid-grey square of half the side (Cutout, DeVries and Taylor 2017: a
-    regulariser that hides part of each image without resampling the rest).
+    ``corruption_prob`` of the images then get one random everyday corruption (:func:`training_corruption`).
     """
     if style == "lossless":
         jitter = [A.HorizontalFlip(p=0.5), *_whole_pixel_shift(size, size // 8)]
@@ -363,10 +360,7 @@ def train_transform(style: str = "lossless", size: int = 32, corruption_prob: fl
             A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.3),
         ]
     corruption = [training_corruption(corruption_prob)] if corruption_prob > 0 else []
-    half = (size // 2, size // 2)
-    cutout = [A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=half, hole_width_range=half, fill=128,
-                              p=cutout_prob)] if cutout_prob > 0 else []
-    return A.Compose(jitter + corruption + cutout)
+    return A.Compose(jitter + corruption)
 
 
 def training_corruption(p: float) -> A.OneOf:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ from .runtime import setup_runtime
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5  # fake probability at or above which an image is called fake, unless validation picks another
+LOGODDS_CAP = math.log(999)  # a member perfect on validation counts as 99.9% accurate, not infinitely
 CROSSFIT_FOLDS = 5  # folds of the validation split for the honest estimate of the chosen threshold
 TRAIN_FIRST = "run `python deepfake_detection.py` first"
 
@@ -151,7 +153,9 @@ def renumbered_files(test: ImageSet, indices: list[int]) -> dict[int, str] | Non
 # ---------------------------------------------------------------------------------------------
 
 def ensemble_weights(val_metrics: dict[str, dict], scheme: str = "accuracy") -> dict[str, float]:
-    """One weight per model, summing to 1: equal, or proportional to its validation accuracy or ROC-AUC."""
+    """One weight per model, summing to 1: equal, or proportional to its validation accuracy, ROC-AUC or the
+    log-odds of its accuracy, log(a / (1 - a)): the optimal weight of independent voters, which gives a strong
+    member much more say than a weak one and a member at or below chance none."""
     if scheme not in WEIGHT_SCHEMES:
         raise EnsembleError(f"unknown weight scheme {scheme!r}; choose one of {', '.join(WEIGHT_SCHEMES)}")
     if not val_metrics:
@@ -159,10 +163,14 @@ def ensemble_weights(val_metrics: dict[str, dict], scheme: str = "accuracy") -> 
     if scheme == "equal":
         scores = {name: 1.0 for name in val_metrics}
     else:
-        scores = {name: metrics.get(scheme) for name, metrics in val_metrics.items()}
+        scores = {name: metrics.get("accuracy" if scheme == "logodds" else scheme)
+                  for name, metrics in val_metrics.items()}
         missing = [name for name, score in scores.items() if score is None]
         if missing:
             raise EnsembleError(f"no validation {scheme} recorded for {', '.join(missing)}; use --weights equal")
+        if scheme == "logodds":
+            scores = {name: 0.0 if a <= 0.5 else math.log(a / (1 - a)) if a < 1 else LOGODDS_CAP
+                      for name, a in scores.items()}
     total = float(sum(scores.values()))
     if total <= 0:
         raise EnsembleError(f"every model has validation {scheme} 0; use --weights equal")

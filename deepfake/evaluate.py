@@ -27,20 +27,9 @@ from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, load_split, to_tensor
 from .explain import gradcam, target_layer_name
 from .inference import count_correct, fake_proba, predict_fake_proba, to_float
 from .metrics import classification_metrics
-from .plots import (
-    PHASE_TITLES,
-    attack_accuracy,
-    eps_label,
-    figure_names,
-    headline_epsilons,
-    plot_adversarial_grid,
-    plot_attack_comparison,
-    plot_corruptions,
-    plot_evaluation,
-    plot_gradcam,
-    plot_models_overview,
-    plot_training_curves,
-)
+from .plots import (PHASE_TITLES, attack_accuracy, eps_label, figure_names, headline_epsilons, plot_adversarial_grid,
+                    plot_attack_comparison, plot_corruptions, plot_evaluation, plot_gradcam, plot_models_overview,
+                    plot_training_curves)
 from .report import write_report
 from .results import load_results, results_path, timed, update_results
 
@@ -231,9 +220,11 @@ def explain_model(model: torch.nn.Module, val: ImageSet, indices: np.ndarray, de
     cams = gradcam(model, x)
     with torch.no_grad(), eval_mode(model):
         probs = fake_proba(model, x).cpu().numpy()
+    covers = " (the pixel backbone's; the spectrum head's logits are not mapped)" if model.spectrum is not None else ""
     plot_gradcam(x.permute(0, 2, 3, 1).cpu().numpy(), cams, val.labels[indices], probs,
-                 f"{title}: Grad-CAM of the predicted class", path)
-    return {"layer": target_layer_name(model, x.shape[-1]), "images": [val.paths[i] for i in indices]}
+                 f"{title}: Grad-CAM of the predicted class{covers}", path)
+    return {"layer": target_layer_name(model, x.shape[-1]), "images": [val.paths[i] for i in indices],
+            "spectrum_head": model.spectrum is not None}
 
 
 def showcase_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:

@@ -226,6 +226,10 @@ def build_model(name: str, pretrained: bool = False, spectrum: bool = False, wid
     backbone = entry.build(width, input_size)
     if reference is not None:
         _copy_matching(backbone, name, reference)
+        # A new head starts at zero: timm's init for two classes gives ImageNet features logits of about +-3,
+        # confidently wrong calls whose gradients first scramble the pretrained layers.
+        for parameter in backbone.get_classifier().parameters():
+            nn.init.zeros_(parameter)
     head = SpectrumHead(len(CLASS_NAMES)) if spectrum else None
     model = Classifier(name, backbone, reference is not None, head, width, input_size, _normalize(entry.timm_name))
     # channels_last: 1.1x (resnet_se) to 2x (efficientnet_b0) faster CPU training here; same results.

@@ -16,21 +16,11 @@ from torch import nn
 
 from .checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TRAINING_KEYS, Config
-from .data import (
-    SPLIT_NAME,
-    ImageSet,
-    find_test_dir,
-    images_digest,
-    load_labelled,
-    load_test,
-    resolve_data_dir,
-    save_split,
-    split_indices,
-)
+from .data import (SPLIT_NAME, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
+                   split_indices)
 from .evaluate import evaluate_run
 from .models import build_from_config, zoo_entry
 from .pretrained import require_weights
-from .pseudo_labels import pseudo_labelled
 from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
 from .runtime import seed_everything, setup_runtime
 from .samples import adversarial_samples, augmented_samples
@@ -70,7 +60,6 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
 
     path = results_path(checkpoint_dir)
     test_dir = find_test_dir(data_dir)
-    unlabelled = _images_to_pseudo_label(config, data_dir, test_dir)
 
     def record_run(results: dict) -> None:
         results.update(
@@ -92,8 +81,6 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     update_results(path, record_run)
 
     fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
-    if unlabelled is not None:  # phase 2 learns from the test images too, so other test images mean another model
-        fingerprint += f"-{images_digest(unlabelled)}"
     trainer = _ModelTrainer(config, device, path, fingerprint, data_id, force)
     base_ready = [name for name in config.models if trainer.base(name, train_pool, val, timings)]
     if not base_ready:
@@ -105,14 +92,6 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
         adversarial = adversarial_samples(crafting_model, crafted_by, train, config, data_id, device)
     finetune_pool = ImageSet.concat(train_pool, adversarial)
-    if unlabelled is not None:
-        with timed(timings, "pseudo_labels"):
-            pseudo = pseudo_labelled(crafting_model, unlabelled, config.pseudo_label_confidence, device,
-                                     config.eval_batch_size)
-        log.info("pseudo-labels: %s calls %d of %d test images with confidence >= %s (%d fake); phase 2 trains "
-                 "on them", crafted_by, len(pseudo), len(unlabelled), config.pseudo_label_confidence,
-                 int(pseudo.labels.sum()))
-        finetune_pool = ImageSet.concat(finetune_pool, pseudo)
 
     def record_samples(results: dict) -> None:
         results["data"]["counts"]["adversarial"] = _class_counts(adversarial)
@@ -120,12 +99,6 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
             "crafted_by": crafted_by, "count": len(adversarial), "epsilons": list(config.fgsm_epsilons),
             "dir": str(Path(config.generated_dir) / "adversarial"),
         }
-        if unlabelled is not None:
-            results["data"]["counts"]["pseudo_labelled"] = _class_counts(pseudo)
-            results["pseudo_labels"] = {
-                "labelled_by": crafted_by, "confidence": config.pseudo_label_confidence,
-                "test_images": len(unlabelled), "kept": len(pseudo), "files": pseudo.paths,
-            }
         results["timings"] = timings
 
     update_results(path, record_samples)
@@ -226,24 +199,6 @@ class _ModelTrainer:
         except CheckpointError:
             return False
         return payload.get("metrics", {}).get("fingerprint") == self.fingerprint
-
-
-def _images_to_pseudo_label(config: Config, data_dir: Path, test_dir: Path | None) -> ImageSet | None:
-    """The test images phase 2 pseudo-labels; None when pseudo-labelling is off, there is no test folder, or
-    the test folder is labelled (a scored set must stay unseen)."""
-    if not config.pseudo_label_confidence:
-        return None
-    if test_dir is None:
-        log.warning("pseudo_label_confidence is %s but %s has no test/ folder: phase 2 trains without "
-                    "pseudo-labels (add the test images there, or --set pseudo_label_confidence=0)",
-                    config.pseudo_label_confidence, data_dir)
-        return None
-    images = load_test(test_dir, config.image_size)[0]
-    if (images.labels >= 0).any():
-        log.warning("%s holds a labelled test set (REAL/FAKE folders), which is scored, so phase 2 does not "
-                    "train on it: no pseudo-labels", test_dir)
-        return None
-    return images
 
 
 def _class_counts(images: ImageSet) -> dict[str, int]:

@@ -237,26 +237,28 @@ def plot_models_overview(results: dict, viz_dir: str | Path) -> Path:
         robust_ax.set(title="After fine-tuning: clean, attacked, corrupted", ylabel="Validation accuracy",
                       ylim=(0, 1.08))
         if measures:
-            robust_ax.legend(loc="lower left", fontsize=9)
+            robust_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(measures), fontsize=9)
         else:
             robust_ax.text(0.5, 0.5, "no evaluated models", ha="center", transform=robust_ax.transAxes)
 
         clean = {name: ev["final"]["clean"] for name, ev in evaluated.items()}
         if ensemble and "val" in ensemble:
-            clean["ensemble"] = ensemble["val"]
+            crossfit = (ensemble.get("threshold_check") or {}).get("val_accuracy_crossfit")
+            honest = ensemble["val"] if crossfit is None else dict(ensemble["val"], accuracy=crossfit)
+            clean["ensemble" if crossfit is None else "ensemble (accuracy cross-fitted)"] = honest
         metrics = ("accuracy", "f1", "auc")
         width = 0.8 / max(1, len(clean))
         for i, (name, values) in enumerate(clean.items()):
             heights = [np.nan if values.get(m) is None else values[m] for m in metrics]
             bars = clean_ax.bar(np.arange(len(metrics)) + i * width, heights, width, label=name,
-                                hatch="//" if name == "ensemble" else None)
+                                hatch="//" if name.startswith("ensemble") else None)
             clean_ax.bar_label(bars, fmt="%.3f", fontsize=8)
         clean_ax.set_xticks(np.arange(len(metrics)) + width * (len(clean) - 1) / 2, ["accuracy", "F1", "ROC-AUC"])
-        low = min([v for values in clean.values() for m in metrics if (v := values.get(m)) is not None], default=0.5)
+        clean_ax.axhline(0.5, color="black", ls=":", lw=1)
         clean_ax.set(title="Clean validation metrics" + (" (with ensemble)" if ensemble else ""), ylabel="Score",
-                     ylim=(max(0.0, low - 0.05), 1.01))
+                     ylim=(0, 1.08))
         if clean:
-            clean_ax.legend(loc="lower left", fontsize=9)
+            clean_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(clean), fontsize=9)
         fig.suptitle("Models overview", fontsize=14)
     return save_figure(fig, Path(viz_dir) / OVERVIEW_NAME)
 

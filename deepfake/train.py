@@ -18,13 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
-from .attacks import eval_mode, fgsm, pgd, sample_epsilons
+from .attacks import fgsm, pgd, sample_epsilons
 from .config import Config
-from .data import CLASS_NAMES, ImageSet, augment, to_tensor, train_transform
+from .data import ImageSet, augment, to_tensor, train_transform
 from .errors import DeepfakeError
 from .inference import predict_fake_proba, to_float
 from .metrics import classification_metrics
@@ -49,7 +48,6 @@ class PhaseSettings:
     bf16_crafting: bool = False  # phase 2 crafts its attacks and anchor targets in the training step's precision
     anchor: float = 0.0  # weight of KL(the phase's starting weights || the model) on the clean share (_batch_loss)
     average_epochs: int = 0  # > 0: keep the mean of the last N epochs' weights (no early stopping, no best epoch)
-    mixup_alpha: float = 0.0  # > 0: train on mixup batches (_mixup)
 
 
 @dataclass
@@ -72,16 +70,14 @@ def base_settings(config: Config, model: str | None = None, pretrained: bool = F
                              model in config.bf16_models)
     patience = None if config.average_epochs else config.patience
     return PhaseSettings("base", config.base_epochs, lr, 0.0, patience, config.corruption_prob,
-                         model in config.bf16_models, average_epochs=config.average_epochs,
-                         mixup_alpha=config.mixup_alpha)
+                         model in config.bf16_models, average_epochs=config.average_epochs)
 
 
 def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings:
-    """Phase 2; ``finetune_corruption_prob`` corrupts more of its images than phase 1's share (off in every
-    preset: it helped ResNet-SE under blur but cost the timm models clean accuracy, benchmarks/LEVERS.md)."""
-    corruption = max(config.corruption_prob, config.finetune_corruption_prob)
-    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None, corruption,
-                         model in config.bf16_models, model in config.bf16_crafting, config.finetune_anchor)
+    """Phase 2 for ``model``: the adversarial share, crafted at its precision, and the clean anchor."""
+    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None,
+                         config.corruption_prob, model in config.bf16_models, model in config.bf16_crafting,
+                         config.finetune_anchor)
 
 
 def train_phase(
@@ -112,14 +108,12 @@ def train_phase(
         optimizer, t_initial=total_steps, lr_min=settings.lr * 0.01, warmup_t=warmup_steps,
         warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
     )
-    ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
-    transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob, config.cutout_prob)
+    transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
     images = to_tensor(train_set.images)
     labels = torch.from_numpy(train_set.labels)
     bf16 = (settings.bf16 or device.type == "cuda") and bf16_is_fast(device)  # a GPU always trains mixed
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     anchor = _frozen_copy(model) if settings.anchor > 0 else None
-    mixing = np.random.default_rng([config.seed, 1]) if settings.mixup_alpha > 0 else None
 
     average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
     averaged = None
@@ -135,9 +129,8 @@ def train_phase(
         for batch_index in range(steps_per_epoch):
             idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
-            x, targets = (x, y) if mixing is None else _mixup(x, y, settings.mixup_alpha, mixing)
             with precision:
-                loss, logits = _batch_loss(model, x, targets, settings.adv_ratio, config, generator, anchor,
+                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator, anchor,
                                            settings.anchor, settings.bf16_crafting)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -149,8 +142,6 @@ def train_phase(
             optimizer.step()
             step += 1
             scheduler.step_update(step)
-            if ema is not None:
-                ema.update(model)
             epoch_loss += loss.item() * len(y)
             epoch_correct += (logits.argmax(1) == y).sum().item()
             epoch_seen += len(y)
@@ -159,7 +150,7 @@ def train_phase(
         train_seconds += epoch_seconds
         images_seen += epoch_seen
 
-        eval_model = ema.module if ema is not None else model
+        eval_model = model
         if average_from is not None and epoch >= average_from:
             averaged = averaged or AveragedModel(eval_model, use_buffers=False)
             averaged.update_parameters(eval_model)
@@ -260,27 +251,9 @@ def _training_batch(images, labels, idx, transform, seed, device):
     return to_float(to_tensor(augmented), device), labels[idx].to(device)
 
 
-def _mixup(x: torch.Tensor, y: torch.Tensor, alpha: float,
-           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, soft targets) of a mixup batch: every image blended with the one a random permutation of the batch
-    pairs it with, by one weight drawn from Beta(alpha, alpha), and the one-hot labels by the same weight."""
-    weight = float(rng.beta(alpha, alpha))
-    partner = torch.from_numpy(rng.permutation(len(x))).to(x.device)
-    one_hot = F.one_hot(y, len(CLASS_NAMES)).float()
-    return (weight * x + (1 - weight) * x[partner],
-            weight * one_hot + (1 - weight) * one_hot[partner])
-
-
 def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0, bf16_crafting=False):
-    """(loss, logits of the clean or mixed batch) with the first adv_ratio of the batch crafted against the
-    current weights. ``y`` holds class indices, or soft targets where nothing is crafted (phase 1's mixup).
-
-    Plain: those images are replaced by FGSM (or PGD-k) images and the whole batch gets cross-entropy.
-    TRADES-style (``config.trades_beta`` > 0, Zhang et al. 2019): those images are crafted to move the model's
-    prediction away from its clean one (the soft clean prediction is the attack's target), and the loss is
-    cross-entropy on the clean batch plus beta times the KL divergence from clean to adversarial predictions:
-    the paper's way to give up less clean accuracy for robustness (here it measured no better: LEVERS.md).
-    With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight`` times the KL divergence from
+    """(loss, logits of the mixed batch): the first adv_ratio of the batch is replaced by FGSM (or PGD-k) images
+    crafted against the current weights, and the whole batch gets cross-entropy. With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight`` times the KL divergence from
     its predictions to the model's on the clean images is added, so phase 2 gives up fewer of the base model's
     clean calls (``config.finetune_anchor``). Attacks and anchor targets are float32 unless ``bf16_crafting``
     (_phase2_precision).
@@ -290,18 +263,10 @@ def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_w
     if n_adv == 0:
         logits = model(x)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x, logits
-    elif config.trades_beta <= 0:
+    else:
         mixed = torch.cat([_adversarial(model, x[:n_adv], y[:n_adv], config, generator, bf16_crafting), x[n_adv:]])
         logits = model(mixed)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x[n_adv:], logits[n_adv:]
-    else:
-        with torch.no_grad(), eval_mode(model):
-            clean_prediction = model(x[:n_adv]).softmax(1)
-        adversarial = _adversarial(model, x[:n_adv], clean_prediction, config, generator, bf16_crafting)
-        logits, adversarial_logits = model(torch.cat([x, adversarial])).split([len(x), n_adv])
-        divergence = F.kl_div(adversarial_logits.log_softmax(1), logits[:n_adv].softmax(1), reduction="sum") / len(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing) + config.trades_beta * divergence
-        clean, clean_logits = x, logits
     if anchor is not None:
         with torch.no_grad(), _phase2_precision(x.device, bf16_crafting):
             target = anchor(clean).softmax(1)
@@ -317,7 +282,7 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _adversarial(model, images, targets, config, generator, bf16_crafting=False):
-    """FGSM (or PGD-k) images for class or soft-probability targets, eps drawn per image from fgsm_epsilons.
+    """FGSM (or PGD-k) images for their labels, eps drawn per image from fgsm_epsilons.
 
     Crafted in float32 even inside a bf16 training step, unless ``bf16_crafting`` (_phase2_precision)."""
     eps = sample_epsilons(len(images), config.fgsm_epsilons, generator).to(images.device)

@@ -8,6 +8,7 @@ from torch import nn
 
 from deepfake.attacks import eval_mode, fgsm, pgd, sample_epsilons
 
+
 def seeded() -> torch.Generator:
     return torch.Generator().manual_seed(1)
 

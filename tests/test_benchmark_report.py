@@ -1,25 +1,16 @@
 """benchmarks/benchmark.py and levers.py: what they report beside the scores (rescoring keeps the training
 time; a missing independent attack library is said, not left as silent n/a columns; a lever rerun never
 drops measured columns from the table)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    return load_script("benchmark")
+    from benchmarks import benchmark
+
+    return benchmark
 
 
 def test_recorded_training_seconds_come_only_from_a_report_of_the_same_run(benchmark, tmp_path):
@@ -44,8 +35,8 @@ def test_missing_apgd_note_names_the_install_and_the_rescore(benchmark, monkeypa
 
 
 def test_a_phase_1_rerun_of_a_fine_tuned_lever_gets_its_own_row(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # levers.py imports benchmark.py from its own folder
-    levers = load_script("levers")
+    from benchmarks import levers
+
     phase_1 = {"model": "resnet_se", "best_epoch": 8, "val_auc": [0.9], "kept_val_acc": 0.888}
     phase_2 = {"attack_before": {"clean": 0.888, "2/255": 0.668, "8/255": 0.117},
                "attack_after": {"clean": 0.847, "2/255": 0.73, "8/255": 0.296}}
@@ -65,3 +56,23 @@ def test_a_phase_1_rerun_of_a_fine_tuned_lever_gets_its_own_row(monkeypatch, tmp
     assert len(seed_43) == 2 and "84.7 / 73.0 / 29.6" in seed_43[0] and "| 90.0 (8) |" in seed_43[1]
     assert [row for row in rows if "| seed=44 |" in row] == [row for row in rows if "| 91.0 (8) |" in row]
     assert len(rows) == 4  # the reference, seed 43 twice, seed 44 once (its rerun replaced it)
+
+
+def test_summary_table_lands_in_results_and_between_the_readme_markers(benchmark, tmp_path):
+    def model(accuracy, attacked=False):
+        scores = {"clean": {"accuracy": accuracy, "f1": accuracy, "auc": accuracy}, "jpeg_q40": 0.8, "noise_0.08": 0.7, "blur_1.0": 0.6}
+        return {**scores, "pgd20_2/255": 0.5, "pgd20_8/255": 0.25} if attacked else scores
+
+    report = {"preset": "pretrained", "command": "python -m benchmarks.benchmark --preset pretrained",
+              "stage_seconds": {"deepfake_detection.py": 600.0}, "date": "d", "machine": "m", "pipeline_command": "p",
+              "split": {"pipeline_images": 980, "unseen_images": 420, "seed": 2025},
+              "unseen": {"lite0": model(0.93, attacked=True), "resnet_se": model(0.88), "ensemble": model(0.91)},
+              "run": {"models": {}, "timings": {}}}
+    (tmp_path / "results_pretrained.json").write_text(json.dumps(report))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n" + "\nstale\n".join(benchmark.README_MARKERS) + "\noutro\n")
+    benchmark.write_results_markdown(tmp_path, readme)
+    row = "| `--preset pretrained` | lite0 93.0 | 91.0 | lite0: 50.0 / 25.0 | 80.0 / 70.0 / 60.0 | 10.0 min |"
+    assert row in readme.read_text() and "stale" not in readme.read_text()
+    assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")
+    assert row in (tmp_path / "RESULTS.md").read_text() and "Levers" not in (tmp_path / "RESULTS.md").read_text()

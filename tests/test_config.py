@@ -5,16 +5,8 @@ from dataclasses import fields
 
 import pytest
 
-from deepfake.config import (
-    MODEL_NAMES,
-    PRESETS,
-    TRAINING_KEYS,
-    Config,
-    add_config_arguments,
-    config_from_args,
-    config_from_dict,
-    make_config,
-)
+from deepfake.cli import add_config_arguments, config_from_args
+from deepfake.config import MODEL_NAMES, PRESETS, TRAINING_KEYS, Config, config_from_dict, make_config
 from deepfake.errors import ConfigError
 
 
@@ -82,9 +74,6 @@ def test_unknown_names_fail_with_the_choices():
         make_config("full", model_width=(("resnet_se", 0),))
     with pytest.raises(ConfigError, match="f1; choose from accuracy, auc"):
         make_config("full", select_metric="f1")
-    with pytest.raises(ConfigError, match=r"pseudo_label_confidence is 0 \(off\) or in \[0.5, 1\], got 0.3"):
-        make_config("full", pseudo_label_confidence=0.3)
-    assert make_config("full", pseudo_label_confidence=0).pseudo_label_confidence == 0.0
 
 
 def test_dict_round_trip_and_fingerprint():
@@ -108,9 +97,9 @@ def test_every_field_is_either_a_training_key_or_known_not_to_change_a_model():
 
 
 def test_set_overrides_any_field_with_its_type():
-    config = parse("--preset", "quick", "--set", "trades_beta=6", "fgsm_epsilons=(0.01, 0.03)", "augmentation=seed",
+    config = parse("--preset", "quick", "--set", "finetune_anchor=2", "fgsm_epsilons=(0.01, 0.03)", "augmentation=seed",
                    "model_lr=[['resnet_se', 1e-3]]")
-    assert config.trades_beta == 6.0 and isinstance(config.trades_beta, float)
+    assert config.finetune_anchor == 2.0 and isinstance(config.finetune_anchor, float)
     assert config.fgsm_epsilons == (0.01, 0.03) and config.augmentation == "seed"
     assert config.model_lr == (("resnet_se", 1e-3),)
 
@@ -118,15 +107,16 @@ def test_set_overrides_any_field_with_its_type():
 @pytest.mark.parametrize("argv,message", [
     (["--set", "base_epochs=2.5"], "base_epochs takes an integer, got 2.5"),
     (["--set", "fgsm_epsilons=(2/255,)"], "fgsm_epsilons takes a tuple"),
-    (["--set", "trades_beta"], "--set expects FIELD=VALUE"),
+    (["--set", "finetune_anchor"], "--set expects FIELD=VALUE"),
     (["--set", "epochz=3"], "unknown config field"),
+    (["--set", "base_epoch=3"], "unknown config field(s): base_epoch (did you mean base_epochs?)"),
     (["--epochs", "3", "--set", "base_epochs=4"], "base_epochs set both by a flag and by --set"),
     (["--set", "preset=quick"], "choose it with --preset"),
     (["--models", "resnet_se,resnet_se"], "names a model twice"),
     (["--finetune-epochs", "0"], "out of range: finetune_epochs=0 (at least 1)"),
     (["--batch-size", "0", "--set", "val_fraction=0"], "batch_size=0 (at least 1); val_fraction=0"),
-    (["--set", "adv_ratio=1.3", "ema_decay=1.0", "lr=-1e-3"], "lr=-0.001 (not negative); adv_ratio=1.3 (in [0, 1]); "
-                                                               "ema_decay=1.0 (in [0, 1))"),
+    (["--set", "adv_ratio=1.3", "label_smoothing=1.0", "lr=-1e-3"], "lr=-0.001 (not negative); adv_ratio=1.3 "
+                                                                     "(in [0, 1]); label_smoothing=1.0 (in [0, 1))"),
     (["--set", "fgsm_epsilons=(8,)"], "fgsm_epsilons has 8 (budgets are pixel units in [0, 1])"),
     (["--preset", "quick", "--set", "average_epochs=7"], "average_epochs=7 (at most base_epochs=6)"),
 ])

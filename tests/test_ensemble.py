@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -14,16 +15,8 @@ import torch
 from deepfake.checkpoints import load_checkpoint, read_checkpoint
 from deepfake.config import MODEL_NAMES
 from deepfake.data import file_number, list_image_files, load_images
-from deepfake.ensemble import (
-    EnsembleError,
-    better_single,
-    choose_threshold,
-    crossfit_accuracy,
-    ensemble_weights,
-    explicit_members,
-    submission_rows,
-    weighted_fake_proba,
-)
+from deepfake.ensemble import (EnsembleError, better_single, choose_threshold, crossfit_accuracy, ensemble_weights,
+                               explicit_members, submission_rows, weighted_fake_proba)
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
 from deepfake.plots import OVERVIEW_NAME
@@ -84,6 +77,15 @@ def test_weights_sum_to_one_and_follow_validation_accuracy():
         ensemble_weights(val, "auc")
     with pytest.raises(EnsembleError, match="unknown weight scheme"):
         ensemble_weights(val, "median")
+
+
+def test_log_odds_weights_silence_a_member_at_chance_and_favour_the_strong_one():
+    val = {"strong": {"accuracy": 0.95}, "weak": {"accuracy": 0.8}, "chance": {"accuracy": 0.45}}
+    weights = ensemble_weights(val, "logodds")
+    assert weights["chance"] == 0 and sum(weights.values()) == pytest.approx(1.0)
+    assert weights["strong"] / weights["weak"] == pytest.approx(math.log(19) / math.log(4))
+    assert weights["strong"] / weights["weak"] > 0.95 / 0.8  # far more say than accuracy weights give it
+    assert ensemble_weights({"perfect": {"accuracy": 1.0}, "other": {"accuracy": 0.9}}, "logodds")["perfect"] < 1
 
 
 def test_weighted_average_of_identical_models_is_that_model():

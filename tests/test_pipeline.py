@@ -14,8 +14,7 @@ from deepfake.data import load_split
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
 from deepfake.metrics import classification_metrics
-from deepfake.pipeline import _images_to_pseudo_label, run
-from deepfake.report import REPORT_NAME
+from deepfake.pipeline import run
 from deepfake.results import load_results, load_run_config, results_path
 from deepfake.samples import sample_manifest
 from deepfake.train import NonFiniteLossError, bf16_is_fast
@@ -142,48 +141,6 @@ def test_a_model_trains_the_same_whatever_ran_before_it(tiny_run, tmp_path, demo
     after_others = read_checkpoint(Path(tiny_run.checkpoint_dir) / "resnet_se_base.pt")["state_dict"]
     assert alone.keys() == after_others.keys()
     assert all(torch.equal(alone[key], after_others[key]) for key in alone)
-
-
-def test_phase_2_trains_on_pseudo_labelled_test_images_and_retrains_when_they_change(tmp_path, demo_dir, caplog):
-    data = tmp_path / "data"
-    shutil.copytree(demo_dir, data)
-    config = run_config(tmp_path, data, models=("resnet_se",), pseudo_label_confidence=0.5)  # 0.5 keeps every image
-    with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(config)
-    results = load_results(results_path(tmp_path / "checkpoints"))
-    test_images = len(list((data / "test").glob("*.png")))
-    assert results["pseudo_labels"]["kept"] == results["pseudo_labels"]["test_images"] == test_images
-    assert results["pseudo_labels"]["labelled_by"] == results["adversarial_samples"]["crafted_by"] == "resnet_se"
-    counts = results["data"]["counts"]
-    assert sum(counts["pseudo_labelled"].values()) == test_images
-    pool = sum(sum(counts[kind].values()) for kind in ("train", "augmented", "adversarial", "pseudo_labelled"))
-    assert f"resnet_se: finetune phase, {config.finetune_epochs} epochs on {pool} images" in caplog.text
-    report = (tmp_path / "visualizations" / REPORT_NAME).read_text()
-    assert f"| pseudo-labelled test images (phase 2) | {test_images} of {test_images} called by resnet_se" in report
-
-    first = data / "test" / "1.png"
-    first.write_bytes((data / "test" / "2.png").read_bytes())  # other test images: phase 2 must not be reused
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, data, models=("resnet_se",), pseudo_label_confidence=0.5))
-    assert "skipping phase 2" not in caplog.text and "finetune phase" in caplog.text
-
-
-def test_only_an_unlabelled_test_folder_is_pseudo_labelled(tmp_path, demo_dir, caplog):
-    data = tmp_path / "data"
-    shutil.copytree(demo_dir / "train", data / "train")
-    config = run_config(tmp_path, data, pseudo_label_confidence=0.9)
-    with caplog.at_level(logging.INFO, logger="deepfake"):
-        assert _images_to_pseudo_label(config, data, None) is None
-    assert "has no test/ folder: phase 2 trains without pseudo-labels" in caplog.text
-    shutil.copytree(demo_dir / "train", data / "test")  # test/real + test/fake: a labelled test set, as CIFAKE's
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="deepfake"):
-        assert _images_to_pseudo_label(config, data, data / "test") is None
-    assert "holds a labelled test set (REAL/FAKE folders), which is scored" in caplog.text
-    assert _images_to_pseudo_label(run_config(tmp_path, demo_dir), demo_dir, demo_dir / "test") is None  # off
-    test_images = len(list((demo_dir / "test").glob("*.png")))
-    assert len(_images_to_pseudo_label(config, demo_dir, demo_dir / "test")) == test_images
 
 
 def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_path, demo_dir):

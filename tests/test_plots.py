@@ -6,9 +6,8 @@ from test_evaluate import toy_images, toy_model
 from deepfake.config import make_config
 from deepfake.data import ImageSet
 from deepfake.evaluate import corrupted_sets, evaluation_settings, measure
-from deepfake.plots import (OVERVIEW_NAME, eps_label, headline_epsilons, plot_adversarial_grid,
-                            plot_attack_comparison, plot_corruptions, plot_evaluation, plot_gradcam,
-                            plot_models_overview, plot_training_curves)
+from deepfake.plots import (OVERVIEW_NAME, eps_label, headline_epsilons, plot_adversarial_grid, plot_attack_comparison,
+                            plot_corruptions, plot_evaluation, plot_gradcam, plot_models_overview, plot_training_curves)
 from deepfake.report import write_report
 
 
