@@ -246,6 +246,7 @@ def summarise_run(results: dict) -> dict:
     models = {}
     for name, entry in results.get("models", {}).items():
         models[name] = {
+            "pretrained": entry.get("pretrained"),
             "val_base": entry.get("val", {}).get("base"),
             "val_final": entry.get("val", {}).get("final"),
             "best_epoch": entry.get("best_epoch"),
@@ -289,14 +290,16 @@ def summary_table(reports: list[dict]) -> str:
     for report in reports:
         singles = {name: s for name, s in report["unseen"].items() if name != "ensemble"}
         best = max(singles, key=lambda name: singles[name]["clean"]["accuracy"])
+        imagenet = {name for name, m in report["run"]["models"].items() if m.get("pretrained")}
+        label = lambda name: f"{name} (ImageNet)" if name in imagenet else name  # noqa: E731
         attacked = next((name for name, s in singles.items() if s.get("pgd20_2/255") is not None), best)
         a, b = singles[best], singles[attacked]
         ensemble = report["unseen"].get("ensemble", {}).get("clean", {}).get("accuracy")
         seconds = report["stage_seconds"].get("deepfake_detection.py")
         arguments = re.sub(r"^python (-m benchmarks\.benchmark|benchmarks/benchmark\.py) ?", "", report["command"])
-        rows.append(f"| `{arguments or '--preset quick'}` | {best} "
+        rows.append(f"| `{arguments or '--preset quick'}` | {label(best)} "
                     f"{pct(a['clean']['accuracy'])} | {pct(ensemble) if len(singles) > 1 else '(one model)'} "
-                    f"| {attacked}: {pct(b.get('pgd20_2/255'))} / {pct(b.get('pgd20_8/255'))} "
+                    f"| {label(attacked)}: {pct(b.get('pgd20_2/255'))} / {pct(b.get('pgd20_8/255'))} "
                     f"| {' / '.join(pct(a.get(c)) for c in CORRUPTIONS)} "
                     f"| {'n/a' if seconds is None else f'{seconds / 60:.1f} min'} |")
     return "\n".join(rows)

@@ -207,8 +207,8 @@ def choose_threshold(labels: np.ndarray, fake_probs: np.ndarray) -> float:
 def better_single(single: dict[str, dict], ensemble_accuracy: float) -> str | None:
     """The member whose validation accuracy beats the ensemble's, if one does.
 
-    A weak member can pull the average below the strongest one (the `full` benchmark runs: round 14 of
-    benchmarks/LEVERS.md); the competitor should hear so when it happens, with the fix. Single models are
+    A weak member can pull the average below the strongest one; the competitor should hear so when it
+    happens, with the fix. Single models are
     scored at 0.5, a cut chosen on nothing, so pass the ensemble's accuracy with its cut chosen on other
     folds where there is one.
     """

@@ -296,6 +296,5 @@ def _adversarial(model, images, targets, config, generator, bf16_crafting=False)
 def _phase2_precision(device: torch.device, bf16_crafting: bool) -> ContextManager:
     """Float32 for phase 2's attack crafting and anchor targets, so it trains on attacks as precise as the ones
     it is evaluated against; with ``bf16_crafting`` (the models ``config.bf16_crafting`` names), the training
-    step's own precision: ResNet-SE's phase 2 then runs about 1.4x faster here, ConvNeXt-Tiny's gains 5-10 s
-    (benchmarks/LEVERS.md, rounds 17 and 18)."""
+    step's own precision, which makes ResNet-SE's phase 2 about 1.4x faster on CPUs with native bf16."""
     return contextlib.nullcontext() if bf16_crafting else torch.autocast(device.type, enabled=False)
