@@ -193,7 +193,7 @@ def explain_calls(ensemble: Ensemble, images: list[tuple[Path, DecodedImage]], r
             f"{'pixel backbone: ' if model.spectrum is not None else ''}Grad-CAM for {calls[i]}": cams[name][i]
             for name, model in ensemble.models.items()
         }
-        title = f"{path}: {calls[i]} (fake probability {row['proba_ensemble']:.3f}, cut {ensemble.threshold:.3f})"
+        title = f"{path}: {calls[i]} (fake probability {row['proba_ensemble']:.4f}, cut {ensemble.threshold:.4f})"
         plot_call(pixels[i] / 255, title, overlays, explain_dir / figure_name(path, taken))
 
 
@@ -295,7 +295,7 @@ def _tally(summary: Summary, rows: list[dict]) -> None:
 def _call_line(row: dict, size: int) -> str:
     changes = [change for change, done in ((f"resized to {size}x{size}", row["resized"]),
                                            ("converted to RGB", row["converted"])) if done]
-    return (f"{row['path']}: {row['prediction']} (fake probability {row['proba_ensemble']:.3f})"
+    return (f"{row['path']}: {row['prediction']} (fake probability {row['proba_ensemble']:.4f})"
             + (f" [{', '.join(changes)}]" if changes else ""))
 
 

@@ -71,7 +71,7 @@ def test_a_single_file_gets_one_line_and_one_record(checkpoint_dir, demo_images,
     assert record["prediction"] == ("fake" if record["proba_ensemble"] >= 0.5 else "real")
     out = capsys.readouterr().out
     assert call_lines(out, [image]) == [
-        f"{image}: {record['prediction']} (fake probability {record['proba_ensemble']:.3f})"]
+        f"{image}: {record['prediction']} (fake probability {record['proba_ensemble']:.4f})"]
     assert (f"scored 1 image: {int(record['prediction'] == 'real')} real, {int(record['prediction'] == 'fake')} "
             f"fake (cut 0.5000, from --threshold); skipped 0 unreadable files") in out
 
@@ -173,7 +173,7 @@ def test_explain_draws_each_images_call_with_every_models_grad_cam(checkpoint_di
     calls = [int(call == "fake") for call in table["prediction"]]
     assert targets == [calls] * 3  # each model's map is of the ensemble's call
     for (image, title, overlays, path), (_, row) in zip(drawn, table.iterrows()):
-        assert title.startswith(f"{row['path']}: {row['prediction']} (fake probability {row['proba_ensemble']:.3f}")
+        assert title.startswith(f"{row['path']}: {row['prediction']} (fake probability {row['proba_ensemble']:.4f}")
         assert image.shape == (32, 32, 3) and image.max() <= 1.0
         assert [label.split(" ")[0] for label in overlays] == ["convnext_tiny", "efficientnet_b0", "resnet_se"]
         for label, cam in overlays.items():
