@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import albumentations as A
 import cv2
@@ -105,11 +106,21 @@ def find_test_dir(data_dir: str | Path) -> Path | None:
 
 def list_image_files(folder: str | Path) -> list[Path]:
     """Image files directly inside ``folder`` in natural name order; .DS_Store, Thumbs.db, notes are skipped."""
-    return sorted(
-        (p for p in Path(folder).iterdir()
-         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
-        key=_natural_key,
-    )
+    return sorted((p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p)), key=_natural_key)
+
+
+def is_image_file(path: Path) -> bool:
+    """A PNG, JPEG, WebP or BMP by its name, and no hidden file (macOS's ._photo.png is not an image)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def walk_files(folder: str | Path) -> Iterator[Path]:
+    """Every file in ``folder`` and below, lazily, hidden ones left out: a folder's files in natural name
+    order, then its subfolders' in natural order, depth first; no list of all the files is ever held."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=lambda d: _natural_key(Path(d)))
+        for name in sorted((f for f in files if not f.startswith(".")), key=lambda f: _natural_key(Path(f))):
+            yield Path(root, name)
 
 
 def _natural_key(path: Path) -> list:
@@ -154,23 +165,57 @@ def order_test_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[int]
 # Loading
 # ---------------------------------------------------------------------------------------------
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """Decode any supported file to RGB uint8 (grayscale, alpha, palette and 16-bit included)."""
+class UnreadableImageError(DataError):
+    """A file that does not decode to an image; ``reason`` says why, for callers that skip it and go on."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}; delete or replace it")
+        self.path, self.reason = path, reason
+
+
+@dataclass
+class DecodedImage:
+    """One file as the models see it, and what reading it changed."""
+
+    pixels: np.ndarray  # (size, size, 3) uint8 RGB
+    resized: bool  # the file had another size
+    converted: bool  # grayscale, alpha or 16-bit pixels became 8-bit RGB
+
+
+def read_image(path: str | Path, size: int = 32) -> DecodedImage:
+    """One file decoded to RGB and resized to ``size`` (INTER_AREA); UnreadableImageError if it is no image."""
+    pixels, converted = _read_rgb(Path(path))
+    resized = pixels.shape[:2] != (size, size)
+    if resized:
+        pixels = cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
+    return DecodedImage(pixels, resized, converted)
+
+
+def _read_rgb(path: Path) -> tuple[np.ndarray, bool]:
+    """Any supported file as RGB uint8 (grayscale, alpha, palette and 16-bit included), and whether its pixels
+    had to be converted (palettes are expanded by the decoder itself and do not count)."""
     try:
-        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # palette -> BGR(A)
-    except (OSError, ValueError, cv2.error):  # unreadable or empty file
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise UnreadableImageError(path, error.strerror or str(error)) from error
+    if data.size == 0:
+        raise UnreadableImageError(path, "the file is empty")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # palette -> BGR(A)
+    except cv2.error:
         image = None
     if image is None or image.size == 0:
-        raise DataError(f"cannot read image {path}: the file is corrupt or not an image; delete or replace it")
+        raise UnreadableImageError(path, "the file is corrupt or not an image")
+    converted = image.dtype != np.uint8 or image.ndim == 2 or image.shape[2] == 4
     if image.dtype != np.uint8:
         image = (image / (np.iinfo(image.dtype).max / 255)).round().astype(np.uint8)
     if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB), converted
     if image.shape[2] == 4:
         # Composite on white, as viewers do, so transparent pixels don't become arbitrary colours.
         alpha = image[:, :, 3:4].astype(np.float32) / 255
         image = (image[:, :, :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), converted
 
 
 def load_images(paths: Sequence[str | Path], size: int = 32) -> tuple[np.ndarray, int]:
@@ -178,11 +223,9 @@ def load_images(paths: Sequence[str | Path], size: int = 32) -> tuple[np.ndarray
     images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     resized = 0
     for i, path in enumerate(paths):
-        image = _read_rgb(Path(path))
-        if image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-            resized += 1
-        images[i] = image
+        image = read_image(path, size)
+        images[i] = image.pixels
+        resized += image.resized
     if resized:
         log.info("resized %d of %d images to %dx%d", resized, len(paths), size, size)
     return images, resized

@@ -5,7 +5,8 @@ independent mistakes, so their averaged probability can be steadier than any one
 chosen on validation corrects a lean the members share (towards "fake" in the benchmark runs).
 Accuracy weights differ little between members, so a weak member can still drag the average
 below the strongest one (it does in the `full` benchmark runs); the run then says which model to
-submit. Every submission gets a meta file naming the exact checkpoints (sha256), weights and cut
+submit. ``predict.py`` calls any image with the same members, weights and cut (:func:`load_ensemble`).
+Every submission gets a meta file naming the exact checkpoints (sha256), weights and cut
 behind it, and the ensemble is scored next to each single model on the run's validation split, so
 a leaderboard score can be traced back to its models and checked against them.
 """
@@ -25,7 +26,6 @@ import torch
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
-from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, read_checkpoint
 from .config import WEIGHT_SCHEMES, Config
@@ -243,16 +243,12 @@ def load_models(members: list[Member], device: torch.device) -> dict[str, nn.Mod
     return {member.name: load_checkpoint(member.checkpoint, device) for member in members}
 
 
-def predict_members(models: dict[str, nn.Module], image_sets: dict[str, np.ndarray], config: Config,
-                    device: torch.device) -> dict[str, dict[str, np.ndarray]]:
-    """Fake probability per image set (e.g. "val", "test"), per model, in batches."""
-    probs: dict[str, dict[str, np.ndarray]] = {key: {} for key in image_sets}
-    for name, model in tqdm(models.items(), desc="ensemble", unit="model"):
-        for key, images in image_sets.items():
-            probs[key][name] = predict_fake_proba(
-                model, images, batch_size=config.eval_batch_size, device=device, tta_flip=config.tta_flip,
-            )
-    return probs
+def member_probs(models: dict[str, nn.Module], images: np.ndarray, config: Config,
+                 device: torch.device) -> dict[str, np.ndarray]:
+    """Each model's fake probability per image, with the run's batch size and flip test-time augmentation."""
+    return {name: predict_fake_proba(model, images, batch_size=config.eval_batch_size, device=device,
+                                     tta_flip=config.tta_flip)
+            for name, model in models.items()}
 
 
 def predicted_classes(fake_probs: np.ndarray, threshold: float = THRESHOLD) -> list[str]:
@@ -312,6 +308,80 @@ def _is_labelled(images: ImageSet) -> bool:
 # Orchestration
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class Ensemble:
+    """A training run's members loaded, weighed and cut on its validation split.
+
+    ``ensemble.py`` submits with it and ``predict.py`` calls images with it, so both give an image the
+    same probability and the same call.
+    """
+
+    config: Config
+    device: torch.device
+    results: dict
+    members: list[Member]
+    models: dict[str, nn.Module]
+    scheme: str
+    weights: dict[str, float]
+    threshold: float
+    threshold_from: str  # "validation" or "--threshold"
+    val: ImageSet
+    val_member_probs: dict[str, np.ndarray]
+    val_probs: np.ndarray  # the ensemble's fake probability per validation image
+
+    def predict(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each member's and the ensemble's fake probability per image (uint8 NHWC)."""
+        probs = member_probs(self.models, images, self.config, self.device)
+        return probs, weighted_fake_proba(probs, self.weights)
+
+
+def load_ensemble(
+    checkpoint_dir: str | Path = "checkpoints",
+    *,
+    scheme: str = "accuracy",
+    threshold: float | None = None,
+    checkpoints: list[str | Path] | None = None,
+    device: str = "auto",
+) -> Ensemble:
+    """load run -> weigh -> cut: the members (every final checkpoint, or ``checkpoints``), their weights and
+    the cut, as the submission uses them.
+
+    ``threshold`` None: the cut is chosen on the validation split (:func:`choose_threshold`). A missing run
+    or split and a broken checkpoint fail here, before any other image is read.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise EnsembleError(f"--threshold {threshold} is not a probability strictly between 0 and 1")
+
+    # Load run
+    config = load_run_config(checkpoint_dir)
+    config.device = device
+    torch_device = setup_runtime(config)
+    results = load_results(results_path(checkpoint_dir))
+    members = explicit_members([Path(c) for c in checkpoints]) if checkpoints else run_members(results, checkpoint_dir)
+    split_file = checkpoint_dir / SPLIT_NAME
+    _, val, split = load_split(split_file, config.image_size)
+    members = trained_on_this_split(members, split_file, split.get("data_id"), explicit=bool(checkpoints))
+
+    # Weigh
+    weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
+    for member in members:
+        log.info("ensemble member %s: weight %.4f (%s) <- %s", member.name, weights[member.name], scheme,
+                 member.checkpoint)
+
+    # Cut
+    models = load_models(members, torch_device)
+    val_member_probs = member_probs(models, val.images, config, torch_device)
+    val_probs = weighted_fake_proba(val_member_probs, weights)
+    chosen = threshold is None
+    return Ensemble(
+        config=config, device=torch_device, results=results, members=members, models=models, scheme=scheme,
+        weights=weights, threshold=choose_threshold(val.labels, val_probs) if chosen else float(threshold),
+        threshold_from="validation" if chosen else "--threshold", val=val, val_member_probs=val_member_probs,
+        val_probs=val_probs,
+    )
+
+
 def run_ensemble(
     checkpoint_dir: str | Path = "checkpoints",
     *,
@@ -332,39 +402,22 @@ def run_ensemble(
     """
     started = time.perf_counter()
     checkpoint_dir, output = Path(checkpoint_dir), Path(output)
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise EnsembleError(f"--threshold {threshold} is not a probability strictly between 0 and 1")
-
-    # Load run
-    config = load_run_config(checkpoint_dir)
-    config.device = device
-    torch_device = setup_runtime(config)
-    results = load_results(results_path(checkpoint_dir))
-    members = explicit_members([Path(c) for c in checkpoints]) if checkpoints else run_members(results, checkpoint_dir)
-    split_file = checkpoint_dir / SPLIT_NAME
-    _, val, split = load_split(split_file, config.image_size)
-    members = trained_on_this_split(members, split_file, split.get("data_id"), explicit=bool(checkpoints))
-
-    # Weigh
-    weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
-    for member in members:
-        log.info("ensemble member %s: weight %.4f (%s) <- %s", member.name, weights[member.name], scheme,
-                 member.checkpoint)
+    ensemble = load_ensemble(checkpoint_dir, scheme=scheme, threshold=threshold, checkpoints=checkpoints,
+                             device=device)
+    config, members, weights, val = ensemble.config, ensemble.members, ensemble.weights, ensemble.val
+    threshold, val_probs = ensemble.threshold, ensemble.val_probs
 
     # Predict
-    test_dir = resolve_test_dir(test_dir, results)
+    test_dir = resolve_test_dir(test_dir, ensemble.results)
     test, indices = load_test(test_dir, config.image_size)
-    models = load_models(members, torch_device)
-    probs = predict_members(models, {"val": val.images, "test": test.images}, config, torch_device)
-    test_probs, val_probs = weighted_fake_proba(probs["test"], weights), weighted_fake_proba(probs["val"], weights)
-    chosen = threshold is None
-    threshold = choose_threshold(val.labels, val_probs) if chosen else float(threshold)
-    val_scores = score(val.labels, probs["val"], val_probs, threshold)
+    test_member_probs, test_probs = ensemble.predict(test.images)
+    chosen = ensemble.threshold_from == "validation"
+    val_scores = score(val.labels, ensemble.val_member_probs, val_probs, threshold)
     threshold_check = {
         "val_accuracy_at_0.5": classification_metrics(val.labels, val_probs, THRESHOLD)["accuracy"],
         "val_accuracy_crossfit": crossfit_accuracy(val.labels, val_probs) if chosen else None,
     }
-    test_scores = score(test.labels, probs["test"], test_probs, threshold) if _is_labelled(test) else None
+    test_scores = score(test.labels, test_member_probs, test_probs, threshold) if _is_labelled(test) else None
     crossfit = threshold_check["val_accuracy_crossfit"]
     honest = val_scores["ensemble"]["accuracy"] if crossfit is None else crossfit
     stronger = better_single(val_scores["single"], honest)
@@ -376,7 +429,7 @@ def run_ensemble(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "scheme": scheme,
         "threshold": threshold,
-        "threshold_from": "validation" if chosen else "--threshold",
+        "threshold_from": ensemble.threshold_from,
         "threshold_check": threshold_check,
         "members": [
             {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": sha256(m.checkpoint),
@@ -388,7 +441,7 @@ def run_ensemble(
         "predicted": {name: sum(row["prediction"] == name for row in rows) for name in CLASS_NAMES},
         "renumbered_files": renumbered_files(test, indices),
         "probabilities": None if probabilities is None else str(probabilities),
-        "device": str(torch_device),
+        "device": str(ensemble.device),
         "tta_flip": config.tta_flip,
         "n_val": len(val),
         "val": val_scores,
@@ -403,7 +456,7 @@ def run_ensemble(
     write_json(meta_path(output), meta)
     if probabilities is not None:
         with atomic_path(probabilities) as tmp:
-            probability_table(test, indices, probs["test"], test_probs, threshold).to_csv(tmp, index=False)
+            probability_table(test, indices, test_member_probs, test_probs, threshold).to_csv(tmp, index=False)
     _log_outcome(meta)
     record_ensemble(checkpoint_dir, config.viz_dir, meta)
     return meta

@@ -8,7 +8,7 @@ backbone only; a model's spectrum head (models.SpectrumHead) adds logits it does
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -63,13 +63,15 @@ def target_layer_name(model: nn.Module, image_size: int = 32) -> str:
     return next(name for name, module in model.named_modules() if module is layer)
 
 
-def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | None = None) -> np.ndarray:
-    """(N, H, W) maps in [0, 1] at the input's size, for ``target_class`` or each image's predicted class.
+def gradcam(model: nn.Module, images: torch.Tensor, target_class: int | Sequence[int] | None = None) -> np.ndarray:
+    """(N, H, W) maps in [0, 1] at the input's size, for ``target_class`` (one for all images, or one per
+    image) or each image's predicted class.
 
     ``images`` are float [0, 1] (N, 3, H, W) on the model's device; the model's mode is restored
     and no parameter gradient is left behind.
     """
-    targets = None if target_class is None else [ClassifierOutputTarget(target_class)] * len(images)
+    classes = [target_class] * len(images) if isinstance(target_class, int) else target_class
+    targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]
     with eval_mode(model), GradCAM(model, [target_layer(model, images.shape[-1])]) as cam:
         maps = cam(input_tensor=images, targets=targets)
     model.zero_grad(set_to_none=True)

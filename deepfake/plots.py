@@ -285,6 +285,24 @@ def _corruption_table(phase_evaluation: dict) -> tuple[np.ndarray, list[str], li
 
 
 # ---------------------------------------------------------------------------------------------
+# One image's call (predict.py --explain)
+# ---------------------------------------------------------------------------------------------
+
+def plot_call(image: np.ndarray, title: str, overlays: dict[str, np.ndarray], path: str | Path) -> Path:
+    """The image as the models saw it beside one Grad-CAM overlay per model (panel title -> map in [0, 1])."""
+    with _figure(1, 1 + len(overlays), (2.4 * (1 + len(overlays)), 3.0), style="white") as (fig, axes):
+        axes[0].imshow(image, interpolation="nearest")
+        axes[0].set_title("image", fontsize=9)
+        for ax, (label, cam) in zip(axes[1:], overlays.items()):
+            ax.imshow(show_cam_on_image(image.astype(np.float32), cam, use_rgb=True), interpolation="nearest")
+            ax.set_title(label, fontsize=8)
+        for ax in axes:
+            ax.axis("off")
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
 # Figure plumbing
 # ---------------------------------------------------------------------------------------------
 

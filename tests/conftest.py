@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,17 @@ def tiny_run(tmp_path_factory, demo_dir):
     config = run_config(tmp_path_factory.mktemp("tiny_run"), demo_dir)
     run(config)
     return config
+
+
+@pytest.fixture
+def run_dir(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run's results and split, as a competitor would copy it; its checkpoints are
+    shared and only read, and its figures go to the copy's visualizations/ (see the ensemble's test of this)."""
+    from deepfake.results import results_path
+
+    source = Path(tiny_run.checkpoint_dir)
+    target = tmp_path / "checkpoints"
+    target.mkdir()
+    for name in ("split.json", results_path(source).name):
+        shutil.copy(source / name, target / name)
+    return target

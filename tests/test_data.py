@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from deepfake.config import AUGMENTATIONS
-from deepfake.data import (DataError, ImageSet, augment, file_number, find_labelled_dirs, find_test_dir,
-                           list_image_files, load_images, load_labelled, load_split, load_test, order_test_files,
-                           resolve_data_dir, sample_transform, save_split, split_indices, to_tensor, train_transform)
+from deepfake.data import (
+    DataError, ImageSet, UnreadableImageError, augment, file_number, find_labelled_dirs, find_test_dir,
+    list_image_files, load_images, load_labelled, load_split, load_test, order_test_files, read_image,
+    resolve_data_dir, save_split, split_indices, sample_transform, to_tensor, train_transform,
+)
 
 
 def write_image(path: Path, image: np.ndarray) -> Path:
@@ -121,6 +123,23 @@ def test_truncated_png_stops_with_its_name(tmp_path):
     with pytest.raises(DataError, match="cut.png"):
         load_images([tmp_path / "cut.png"])
 
+
+
+def test_read_image_says_what_reading_changed_and_why_a_file_is_no_image(tmp_path):
+    write_image(tmp_path / "rgb.png", rgb(0))
+    write_image(tmp_path / "gray.png", rgb(0)[:, :, 0])
+    write_image(tmp_path / "big.bmp", rgb(0, 64))
+    Image.fromarray(rgb(0)).convert("P").save(tmp_path / "palette.png")
+    flags = {name: (image.resized, image.converted) for name in ("rgb.png", "gray.png", "big.bmp", "palette.png")
+             for image in [read_image(tmp_path / name)]}
+    assert flags == {"rgb.png": (False, False), "gray.png": (False, True), "big.bmp": (True, False),
+                     "palette.png": (False, False)}  # the decoder expands a palette itself
+    assert read_image(tmp_path / "big.bmp").pixels.shape == (32, 32, 3)
+    (tmp_path / "empty.png").write_bytes(b"")
+    for path, reason in ((tmp_path / "empty.png", "the file is empty"), (tmp_path, "Is a directory")):
+        with pytest.raises(UnreadableImageError) as error:
+            read_image(path)
+        assert (error.value.path, error.value.reason) == (path, reason)
 
 def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path, monkeypatch):
     root = make_layout(tmp_path / "data", "real", "fake", n=25)

@@ -28,18 +28,6 @@ SENTINEL = '[{"index": 1, "prediction": "real"}]\n'
 
 
 @pytest.fixture
-def run_dir(tiny_run, tmp_path) -> Path:
-    """A private copy of the tiny run's results and split, as a competitor would copy it; its checkpoints are
-    shared and only read, and its figures go to the copy's visualizations/ (see the test that checks this)."""
-    source = Path(tiny_run.checkpoint_dir)
-    target = tmp_path / "checkpoints"
-    target.mkdir()
-    for name in ("split.json", results_path(source).name):
-        shutil.copy(source / name, target / name)
-    return target
-
-
-@pytest.fixture
 def resnet_checkpoint(tiny_run) -> Path:
     return Path(tiny_run.checkpoint_dir) / "resnet_se_final.pt"
 
