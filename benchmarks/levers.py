@@ -51,6 +51,9 @@ MARKERS = ("<!-- levers.jsonl table: start -->", "<!-- levers.jsonl table: end -
 ATTACK_EPSILONS = {"2/255": 2 / 255, "8/255": 8 / 255}
 TABLE_CELLS = [("attack_before", ("clean", *ATTACK_EPSILONS)), ("attack_after", ("clean", *ATTACK_EPSILONS)),
                ("corrupted_before", CORRUPTIONS), ("corrupted_after", CORRUPTIONS)]  # record key, its columns
+# Levers measured, not kept and removed from Config, at the value that turned them off: older records carry them.
+RETIRED_FIELDS = {"cutout_prob": 0.0, "mixup_alpha": 0.0, "ema_decay": 0.0, "trades_beta": 0.0,
+                  "finetune_corruption_prob": 0.0, "pseudo_label_confidence": 0.0}
 LEVER_BUDGET = {"base_epochs": 8, "patience": 8}  # the --set of the reference row (see write_table)
 
 
@@ -158,7 +161,7 @@ def write_table() -> None:
     """
     pct = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
     records = [json.loads(line) for line in RECORDS.read_text().splitlines()]
-    defaults = json.loads(json.dumps({key: getattr(Config(), key) for key in TRAINING_KEYS}))
+    defaults = json.loads(json.dumps({**RETIRED_FIELDS, **{key: getattr(Config(), key) for key in TRAINING_KEYS}}))
     configs = [{**defaults, **record["config"]} for record in records]
     reference = next(config for record, config in zip(records, configs) if record["set"] == LEVER_BUDGET)
     latest = {}  # a rerun of the same lever (newer fields, same numbers) replaces its row in place
