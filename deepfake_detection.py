@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deepfake.cli import add_config_arguments, config_from_args
+from deepfake.cli import add_config_arguments, config_from_args, default_preset_notice
 from deepfake.errors import report_errors
 
 
@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-evaluate the run in --checkpoint-dir as it was trained, no training (of the other "
                              "flags only --device and --models apply; figures go beside the run)")
     args = parser.parse_args(argv)
+    notice = None if args.evaluate_only else default_preset_notice(args)
+    if notice:
+        print(notice, file=sys.stderr)
     from deepfake.pipeline import run  # torch loads here, so --help and usage errors stay instant
 
     return report_errors(lambda: run(

@@ -8,12 +8,12 @@ from .config import MODEL_NAMES, PRESETS, Config, make_config
 from .errors import ConfigError
 
 DEFAULT_PRESET = "full"
-PRESET_HELP = {  # what each costs on a 2-core CPU, for --help
-    "full": "the reference recipe, about 15-20 min",
-    "pretrained": "ImageNet-pretrained timm members (needs their weights: --weights-dir), about 25 min",
-    "quick": "the same pipeline in about 3-5 min",
-    "seed": "the original notebook's recipe, kept for comparison",
-    "tiny": "seconds, for tests and smoke runs",
+PRESET_HELP = {  # what each is, and its minutes on a 2-core CPU, for --help
+    "full": ("the reference recipe", "15-20"),
+    "pretrained": ("ImageNet-pretrained timm members, their weights from --weights-dir or the hub", "30+"),
+    "quick": ("the same pipeline, shorter", "3-5"),
+    "seed": ("the original notebook's recipe, kept for comparison", "30+"),
+    "tiny": ("for tests and smoke runs", "under 1"),
 }
 
 
@@ -34,8 +34,9 @@ def parse_overrides(items: list[str]) -> dict:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every entry point shares; values left as None keep the preset's."""
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                        help=f"default {DEFAULT_PRESET}; " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help=f"default {DEFAULT_PRESET}; " + "; ".join(
+                            f"{name}: {what}, {minutes} min" for name, (what, minutes) in PRESET_HELP.items()))
     parser.add_argument("--data-dir", default=None, help="folder with labelled images (default: data, else demo data)")
     parser.add_argument("--generated-dir", default=None,
                         help="where augmented/adversarial samples go (default: data/generated)")
@@ -78,4 +79,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     twice = sorted(set(flags) & set(overrides))
     if twice:
         raise ConfigError(f"{', '.join(twice)} set both by a flag and by --set; give each once")
-    return make_config(args.preset, **overrides, **flags)
+    return make_config(args.preset or DEFAULT_PRESET, **overrides, **flags)
+
+
+def default_preset_notice(args: argparse.Namespace) -> str | None:
+    """One line saying which preset a run without --preset gets and what it costs, so the longest run never
+    starts unannounced."""
+    if args.preset is not None:
+        return None
+    what, minutes = PRESET_HELP[DEFAULT_PRESET]
+    return (f"no --preset given: running {DEFAULT_PRESET}, {what}, about {minutes} min on 2 CPU cores; "
+            f"--preset quick takes about {PRESET_HELP['quick'][1]} min")

@@ -123,3 +123,14 @@ def test_set_overrides_any_field_with_its_type():
 def test_bad_set_fails_with_one_clear_line(argv, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(*argv)
+
+
+def test_a_run_without_preset_is_told_which_it_gets_and_what_it_costs():
+    from deepfake.cli import default_preset_notice
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    notice = default_preset_notice(parser.parse_args([]))
+    assert notice.startswith("no --preset given: running full") and "--preset quick takes about 3-5 min" in notice
+    assert default_preset_notice(parser.parse_args(["--preset", "full"])) is None
+    assert config_from_args(parser.parse_args([])).preset == "full"
