@@ -49,6 +49,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed,
                                            source=f"the images in {data_dir}")
         train, val = labelled.subset(train_idx), labelled.subset(val_idx)
+        del labelled  # the split holds copies: 370 MB fewer at 120,000 images
         checkpoint_dir, data_id = Path(config.checkpoint_dir), images_digest(train)
         save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
                    val_fraction=config.val_fraction, data_id=data_id)
@@ -92,6 +93,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
         adversarial = adversarial_samples(crafting_model, crafted_by, train, config, data_id, device)
     finetune_pool = ImageSet.concat(train_pool, adversarial)
+    del train_pool  # phase 1 is over; its copy of the training images would double phase 2's memory
 
     def record_samples(results: dict) -> None:
         results["data"]["counts"]["adversarial"] = _class_counts(adversarial)

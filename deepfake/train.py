@@ -109,7 +109,7 @@ def train_phase(
         warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
     )
     transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
-    images = to_tensor(train_set.images)
+    images = train_set.images  # uint8 NHWC, as augmentation takes it: no copy of the whole set
     labels = torch.from_numpy(train_set.labels)
     bf16 = (settings.bf16 or device.type == "cuda") and bf16_is_fast(device)  # a GPU always trains mixed
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -195,7 +195,7 @@ def train_phase(
     else:
         model.load_state_dict(averaged.module.state_dict())
         # Batch-norm statistics of the averaged weights, not the last epoch's: one pass over the training images.
-        update_bn((to_float(images[i:i + config.eval_batch_size], device)
+        update_bn((to_float(to_tensor(images[i:i + config.eval_batch_size]), device)
                    for i in range(0, len(images), config.eval_batch_size)), model)
         result.best_epoch, result.averaged_epochs = settings.epochs, settings.average_epochs
         result.val_metrics = classification_metrics(val_set.labels, predict_fake_proba(
@@ -245,8 +245,8 @@ def _selection_score(val: dict, metric: str) -> tuple[float, float]:
 
 
 def _training_batch(images, labels, idx, transform, seed, device):
-    """Augment a uint8 batch with albumentations, then move it to the device as [0, 1] floats."""
-    batch = images[idx].permute(0, 2, 3, 1).numpy()
+    """Augment a uint8 NHWC batch with albumentations, then move it to the device as [0, 1] floats."""
+    batch = images[idx.numpy()]
     augmented = augment(batch, transform, seed)
     return to_float(to_tensor(augmented), device), labels[idx].to(device)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import deepfake.data as data_module
 from deepfake.config import AUGMENTATIONS
 from deepfake.data import (DataError, ImageSet, augment, file_number, find_labelled_dirs, find_test_dir,
                            list_image_files, load_images, load_labelled, load_split, load_test, order_test_files,
@@ -113,6 +114,21 @@ def test_corrupt_image_stops_with_its_name(tmp_path, content):
     (root / "fake" / "broken.png").write_bytes(content)
     with pytest.raises(DataError, match=r"cannot read image .*broken\.png: .*delete or replace it"):
         load_labelled(root)
+
+
+def test_many_files_load_on_threads_in_their_order_and_the_first_corrupt_one_is_named(tmp_path, monkeypatch):
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), rgb(i * 6))
+    one_by_one, _ = load_images(paths)
+    monkeypatch.setattr(data_module, "PARALLEL_LOAD_FROM", 2)
+    threaded, _ = load_images(paths)
+    assert np.array_equal(threaded, one_by_one)
+    for name in ("25.png", "31.png"):
+        (tmp_path / name).write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"25\.png"):
+        load_images(paths)
 
 
 def test_truncated_png_stops_with_its_name(tmp_path):
