@@ -193,7 +193,8 @@ def test_evaluation_is_recorded_for_both_checkpoints(evaluated):
     config, results = evaluated
     assert load_results(results_path(config.checkpoint_dir)) == results
     evaluation = results["models"][MODEL]["evaluation"]
-    assert evaluation["n_val"] == evaluation["n_sample"] == 8 and evaluation["settings"]["pgd_steps"] == config.pgd_steps
+    assert evaluation["n_val"] == evaluation["n_sample"] == 8
+    assert evaluation["settings"]["pgd_steps"] == config.pgd_steps
     for phase in ("base", "final"):
         measured = evaluation[phase]
         clean = measured["clean"]
