@@ -85,6 +85,9 @@ class Config:
     corruption_severities: tuple[int, ...] = (1, 2, 3)
     gradcam_images: int = 6
     eval_batch_size: int = 256
+    # attack and corruption sweeps measure a seeded class-stratified sample of at most this many validation
+    # images (0: all); clean metrics always use the whole split (evaluate.evaluation_sample)
+    eval_max_images: int = 2000
     tta_flip: bool = False
 
     def fingerprint(self, keys: tuple[str, ...]) -> str:
@@ -164,7 +167,7 @@ _AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetun
 _NOT_NEGATIVE = ("threads", "input_size", "pretrained_epochs", "backbone_lr_scale", "lr", "finetune_lr", "weight_decay",
                  "average_epochs", "warmup_epochs",
                  "max_steps_per_epoch", "finetune_anchor", "augment_per_class",
-                 "adversarial_count", "gradcam_images")
+                 "adversarial_count", "gradcam_images", "eval_max_images")
 _SHARES = ("corruption_prob", "adv_ratio")  # in [0, 1]
 _BELOW_ONE = ("label_smoothing",)  # in [0, 1)
 

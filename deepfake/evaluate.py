@@ -3,7 +3,9 @@
 Clean metrics, an FGSM/PGD sweep before and after adversarial fine-tuning, everyday image
 corruptions and Grad-CAM, written into results.json under models[name]["evaluation"]; then
 every figure and visualizations/report.md. Nothing here trains: it reads the checkpoints and
-the split the training run saved, so ``--evaluate-only`` can redo it at any time.
+the split the training run saved, so ``--evaluate-only`` can redo it at any time. Clean metrics cover
+the whole split; attack and corruption sweeps, which cost hundreds of forward passes an image, a
+fixed stratified sample of at most ``eval_max_images`` of it (all of a challenge-sized split).
 """
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ from typing import Sequence
 import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
+from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from .attacks import eval_mode, fgsm, pgd
 from .checkpoints import CheckpointError, load_checkpoint
 from .config import Config
 from .corruptions import CORRUPTIONS, corrupt
-from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, load_split, to_tensor
+from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, load_validation, to_tensor
 from .explain import gradcam, target_layer_name
 from .inference import count_correct, fake_proba, predict_fake_proba, to_float
 from .metrics import classification_metrics
@@ -54,13 +57,15 @@ def evaluate_run(config: Config, device: torch.device) -> dict:
         raise CheckpointError(f"{checkpoint_dir} has checkpoints for {', '.join(available)} only: pass --models "
                               f"with some of those, or train {', '.join(config.models)} first")
 
-    _, val, _ = load_split(checkpoint_dir / SPLIT_NAME, config.image_size)  # DataError naming the fix if missing
-    corrupted = corrupted_sets(val.images, config.corruption_severities, config.seed)
-    log.info("evaluating %s on %d validation images", ", ".join(trained), len(val))
+    val = load_validation(checkpoint_dir / SPLIT_NAME, config.image_size)  # DataError naming the fix if missing
+    sample = evaluation_sample(val.labels, config.eval_max_images, config.seed)
+    corrupted = corrupted_sets(val.images[sample], config.corruption_severities, config.seed)
+    log.info("evaluating %s on %d validation images (attacks and corruptions on %d of them)", ", ".join(trained),
+             len(val), len(sample))
     for name in trained:
         phases = [p for p in PHASES if p in results["models"][name]["checkpoints"]]
         checkpoints = {phase: checkpoint_dir / f"{name}_{phase}.pt" for phase in phases}
-        evaluation = evaluate_model(name, checkpoints, val, corrupted, config, device)
+        evaluation = evaluate_model(name, checkpoints, val, corrupted, config, device, sample)
         results = update_results(path, lambda r: r["models"][name].update(evaluation=evaluation))
         if results["models"][name].get("history"):
             plot_training_curves(results["models"][name]["history"], name,
@@ -72,17 +77,20 @@ def evaluate_run(config: Config, device: torch.device) -> dict:
 
 
 def evaluate_model(name: str, checkpoints: dict[str, Path], val: ImageSet, corrupted: dict[tuple[str, int], np.ndarray],
-                   config: Config, device: torch.device) -> dict:
-    """Every measure for one model's checkpoints (phase -> file), plus its per-model figures."""
+                   config: Config, device: torch.device, sample: np.ndarray | None = None) -> dict:
+    """Every measure for one model's checkpoints (phase -> file), plus its per-model figures; ``sample`` as
+    in :func:`measure`."""
     viz_dir, figures = Path(config.viz_dir), figure_names(name)
     settings = evaluation_settings(config)
+    sample = np.arange(len(val)) if sample is None else sample
     seconds: dict[str, float] = {}
     evaluation: dict = {"evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(device),
-                        "n_val": len(val), "settings": settings}
+                        "n_val": len(val), "n_sample": len(sample), "settings": settings}
     showcase = showcase_indices(val.labels, SHOWCASE_IMAGES, config.seed)
     for phase, checkpoint in checkpoints.items():
         model = load_checkpoint(checkpoint, device)
-        evaluation[phase], probs = measure(model, val, corrupted, config, device, seconds, label=f"{name} {phase}")
+        evaluation[phase], probs = measure(model, val, corrupted, config, device, seconds, label=f"{name} {phase}",
+                                           sample=sample)
         with timed(seconds, "figures"):
             plot_evaluation(val.labels, probs, evaluation[phase]["clean"], f"{name}, {PHASE_TITLES[phase]}",
                             viz_dir / figures[f"{phase}_evaluation"])
@@ -111,18 +119,25 @@ def evaluation_settings(config: Config) -> dict:
 
 
 def measure(model: torch.nn.Module, val: ImageSet, corrupted: dict[tuple[str, int], np.ndarray], config: Config,
-            device: torch.device, seconds: dict[str, float] | None = None, label: str = "") -> tuple[dict, np.ndarray]:
-    """One checkpoint's clean metrics, attack sweep and corruption accuracy, plus its clean fake probabilities."""
+            device: torch.device, seconds: dict[str, float] | None = None, label: str = "",
+            sample: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """One checkpoint's clean metrics, attack sweep and corruption accuracy, plus its clean fake probabilities.
+
+    Clean metrics cover all of ``val``; the attacks and ``corrupted`` (made from ``val.images[sample]``) the
+    validation indices ``sample`` (default: all), and each corruption's drop is from the sample's clean accuracy.
+    """
     seconds = {} if seconds is None else seconds
+    sample = np.arange(len(val)) if sample is None else sample
     with timed(seconds, "clean"):
         probs = predict_fake_proba(model, val.images, batch_size=config.eval_batch_size, device=device)
         clean = clean_metrics(val.labels, probs)
     with timed(seconds, "attacks"):
-        attacks = attack_sweep(model, val.images, val.labels, evaluation_settings(config)["epsilons"],
+        attacks = attack_sweep(model, val.images[sample], val.labels[sample], evaluation_settings(config)["epsilons"],
                                config.pgd_steps, config.eval_batch_size, config.seed, device, desc=f"{label} attacks")
     with timed(seconds, "corruptions"):
-        corruptions = corruption_accuracy(model, val.labels, corrupted, clean["accuracy"], config.eval_batch_size,
-                                          device)
+        sample_accuracy = classification_metrics(val.labels[sample], probs[sample])["accuracy"]
+        corruptions = corruption_accuracy(model, val.labels[sample], corrupted, sample_accuracy,
+                                          config.eval_batch_size, device)
     mean_accuracy = float(np.mean([accuracy for c in corruptions.values() for accuracy in c["accuracy"]]))
     return {"clean": clean, "attacks": attacks, "corruptions": corruptions,
             "corrupted_mean_accuracy": mean_accuracy}, probs
@@ -225,6 +240,16 @@ def explain_model(model: torch.nn.Module, val: ImageSet, indices: np.ndarray, de
                  f"{title}: Grad-CAM of the predicted class{covers}", path)
     return {"layer": target_layer_name(model, x.shape[-1]), "images": [val.paths[i] for i in indices],
             "spectrum_head": model.spectrum is not None}
+
+
+def evaluation_sample(labels: np.ndarray, max_images: int, seed: int) -> np.ndarray:
+    """Sorted validation indices for the attack and corruption sweeps: all of them when there are at most
+    ``max_images`` (or it is 0), else a seeded sample of that size with the split's share of each class."""
+    indices = np.arange(len(labels))
+    if not max_images or len(labels) <= max_images:
+        return indices
+    sample, _ = train_test_split(indices, train_size=max_images, random_state=seed, stratify=labels)
+    return np.sort(sample)
 
 
 def showcase_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 Each finished phase is a checkpoint whose config fingerprint is checked on the next run, so an
 interrupted run resumes where it stopped and a finished model is never retrained by accident.
+Under torchrun every process trains each model on its shard (deepfake/distributed.py); rank 0 alone
+writes samples, checkpoints and results, and evaluates.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TRAINING_KEYS, Config
 from .data import (SPLIT_NAME, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
@@ -30,12 +33,22 @@ log = logging.getLogger(__name__)
 
 
 def run(config: Config, *, force: bool = False, evaluate_only: bool = False, explicit_data_dir: bool = True) -> dict:
-    """Train and evaluate every model in ``config.models``; returns the results dict."""
-    if evaluate_only:
-        # Re-evaluate the run as it was configured; only where it lives, where to compute and which of its
-        # models (every one trained, unless --models picks some) may differ.
-        recorded = replace(load_run_config(config.checkpoint_dir), device=config.device, models=config.models)
-        return evaluate_run(recorded, setup_runtime(recorded))
+    """Train and evaluate every model in ``config.models``; returns the results dict (rank 0's; other ranks
+    of a torchrun run return an empty one)."""
+    distributed.init_from_env(config.device)
+    try:
+        if evaluate_only:
+            # Re-evaluate the run as it was configured; only where it lives, where to compute and which of its
+            # models (every one trained, unless --models picks some) may differ.
+            recorded = replace(load_run_config(config.checkpoint_dir), device=config.device, models=config.models)
+            device = setup_runtime(recorded)
+            return evaluate_run(recorded, device) if distributed.is_main() else {}
+        return _train_and_evaluate(config, force, explicit_data_dir)
+    finally:
+        distributed.cleanup()
+
+
+def _train_and_evaluate(config: Config, force: bool, explicit_data_dir: bool) -> dict:
     device = setup_runtime(config)
     if config.pretrained and config.require_pretrained:
         timm_names = {name: zoo_entry(name).timm_name for name in config.models}
@@ -43,19 +56,22 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
 
     timings: dict[str, float] = {}
     with timed(timings, "load_data"):
-        data_dir = resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo")
+        data_dir = distributed.main_first(
+            lambda: resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo"))
         config.data_dir = str(data_dir)
         labelled = load_labelled(data_dir, config.image_size)
         train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed,
                                            source=f"the images in {data_dir}")
         train, val = labelled.subset(train_idx), labelled.subset(val_idx)
+        del labelled  # the split holds copies: 370 MB fewer at 120,000 images
         checkpoint_dir, data_id = Path(config.checkpoint_dir), images_digest(train)
-        save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
-                   val_fraction=config.val_fraction, data_id=data_id)
+        if distributed.is_main():
+            save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
+                       val_fraction=config.val_fraction, data_id=data_id)
     log.info("data: %s | train %d, validation %d images", data_dir, len(train), len(val))
 
     with timed(timings, "augmented_samples"):
-        augmented = augmented_samples(train, config, data_id)
+        augmented = distributed.main_first(lambda: augmented_samples(train, config, data_id))
     train_pool = ImageSet.concat(train, augmented)
 
     path = results_path(checkpoint_dir)
@@ -78,7 +94,7 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
             del models[name]
         results["timings"] = timings
 
-    update_results(path, record_run)
+    _record(path, record_run)
 
     fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
     trainer = _ModelTrainer(config, device, path, fingerprint, data_id, force)
@@ -90,8 +106,10 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
     crafted_by = trainer.best_base(base_ready)
     with timed(timings, "adversarial_samples"):
         crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
-        adversarial = adversarial_samples(crafting_model, crafted_by, train, config, data_id, device)
+        adversarial = distributed.main_first(
+            lambda: adversarial_samples(crafting_model, crafted_by, train, config, data_id, device))
     finetune_pool = ImageSet.concat(train_pool, adversarial)
+    del train_pool  # phase 1 is over; its copy of the training images would double phase 2's memory
 
     def record_samples(results: dict) -> None:
         results["data"]["counts"]["adversarial"] = _class_counts(adversarial)
@@ -101,14 +119,22 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
         }
         results["timings"] = timings
 
-    update_results(path, record_samples)
+    _record(path, record_samples)
 
     for name in base_ready:
         trainer.finetune(name, finetune_pool, val, timings)
 
+    if not distributed.is_main():
+        return {}
     with timed(timings, "evaluate"):
         evaluate_run(config, device)
     return update_results(path, lambda r: r.update(timings=timings))
+
+
+def _record(path: Path, mutate: Callable[[dict], None]) -> None:
+    """``update_results`` from the one process that writes the run's files."""
+    if distributed.is_main():
+        update_results(path, mutate)
 
 
 class _ModelTrainer:
@@ -164,12 +190,13 @@ class _ModelTrainer:
                 for stale in ("base", "final") if phase == "base" else ("final",):
                     entry.get("checkpoints", {}).pop(stale, None)
 
-            update_results(self.results_file, record_failure)
+            _record(self.results_file, record_failure)
             return False
-        save_checkpoint(
-            self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,
-            metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id},
-        )
+        if distributed.is_main():
+            save_checkpoint(
+                self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,
+                metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id},
+            )
 
         def record(results: dict) -> None:
             if settings.name == "base":
@@ -186,9 +213,10 @@ class _ModelTrainer:
                 entry["best_epoch"], entry["averaged_epochs"] = outcome.best_epoch, outcome.averaged_epochs
             results["timings"] = timings
 
-        update_results(self.results_file, record)
-        log.info("%s: %s done, val accuracy %.4f -> %s", name, settings.name, outcome.val_metrics["accuracy"],
-                 self.checkpoint(name, phase))
+        _record(self.results_file, record)
+        distributed.barrier()  # the other ranks read this checkpoint next (phase 2, best_base, _is_current)
+        log.info("%s: %s done, kept epoch %d, val accuracy %.4f -> %s", name, settings.name, outcome.best_epoch,
+                 outcome.val_metrics["accuracy"], self.checkpoint(name, phase))
         return True
 
     def _is_current(self, name: str, phase: str) -> bool:

@@ -194,7 +194,7 @@ def _attack_table(evaluation: dict, phases: Sequence[str]) -> str:
     rows = [(eps_label(eps), *(_num(attack_accuracy(evaluation[p], a, eps)) for a, p in columns))
             for eps in settings["epsilons"]]
     return "\n\n".join([
-        "### Accuracy under attack",
+        f"### Accuracy under attack{_sample_note(evaluation)}",
         f"L-inf, [0,1] pixel units; PGD: {settings['pgd_steps']} steps of {settings['pgd_step_size']}, random start "
         f"(seed {settings['seed']}); eps 0 is the clean accuracy.",
         _table(headers, rows),
@@ -213,7 +213,13 @@ def _corruption_table(evaluation: dict, phases: Sequence[str]) -> str:
                  *("" for _ in phases)))
     headers = ("corruption", "severity", "parameter", *(f"acc {h}" for h in _phase_headers(phases)),
                *(f"change {h}" for h in _phase_headers(phases)))
-    return "\n\n".join(["### Corruptions", _table(headers, rows)])
+    return "\n\n".join([f"### Corruptions{_sample_note(evaluation)}", _table(headers, rows)])
+
+
+def _sample_note(evaluation: dict) -> str:
+    """The size of the sweeps' sample, where it is not the whole validation split (evaluate.evaluation_sample)."""
+    n_sample = evaluation.get("n_sample", evaluation["n_val"])
+    return "" if n_sample == evaluation["n_val"] else f" ({n_sample} images: a seeded sample, stratified by class)"
 
 
 def _evaluation_notes(evaluation: dict) -> str:

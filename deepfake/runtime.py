@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from . import distributed
 from .config import Config
 from .inference import select_device
 
@@ -22,15 +23,18 @@ class TqdmLoggingHandler(logging.Handler):
 
 
 def setup_runtime(config: Config) -> torch.device:
+    """Logging, threads and seeds; the device (under torchrun, this rank's GPU, its share of the CPU cores,
+    and its rank in every log line)."""
     package_logger = logging.getLogger("deepfake")
     if not package_logger.handlers:
         handler = TqdmLoggingHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        rank = f" [rank {distributed.rank()}]" if distributed.is_distributed() else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s{rank} %(message)s", "%H:%M:%S"))
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.INFO)
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // distributed.world_size()))
     seed_everything(config.seed)
-    return select_device(config.device)
+    return distributed.local_device(select_device(config.device))
 
 
 def seed_everything(seed: int) -> None:

@@ -21,6 +21,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .attacks import fgsm, pgd, sample_epsilons
 from .config import Config
 from .data import ImageSet, augment, to_tensor, train_transform
@@ -94,9 +95,13 @@ def train_phase(
 
     ``on_epoch(epoch, model, val_probs)`` sees each epoch's scored weights, for benchmarks that
     compare ways of choosing them.
+
+    Under torchrun each rank trains on its shard of the epoch (``config.batch_size`` images a step per
+    rank) with gradients averaged by DistributedDataParallel; rank 0's validation metrics decide the
+    kept epoch and early stopping on every rank.
     """
     generator = torch.Generator().manual_seed(config.seed + (0 if settings.name == "base" else 1))
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / distributed.world_size()) / config.batch_size)
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total_steps = max(1, settings.epochs * steps_per_epoch)
@@ -109,30 +114,32 @@ def train_phase(
         warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
     )
     transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
-    images = to_tensor(train_set.images)
+    images = train_set.images  # uint8 NHWC, as augmentation takes it: no copy of the whole set
     labels = torch.from_numpy(train_set.labels)
     bf16 = (settings.bf16 or device.type == "cuda") and bf16_is_fast(device)  # a GPU always trains mixed
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     anchor = _frozen_copy(model) if settings.anchor > 0 else None
+    net = distributed.wrap(model, device)  # trains; crafting, scoring and the kept weights use the bare model
 
     average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
     averaged = None
     result = PhaseResult(precision="bfloat16" if bf16 else "float32")
     best_score, best_state, stale = (-1.0, -1.0), None, 0
     train_seconds, images_seen, step = 0.0, 0, 0
-    progress = tqdm(total=total_steps, desc=f"{label} {settings.name}", unit="step", leave=False)
+    progress = tqdm(total=total_steps, desc=f"{label} {settings.name}", unit="step", leave=False,
+                    disable=not distributed.is_main())
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        order = torch.randperm(len(train_set), generator=generator)
+        order = distributed.shard(torch.randperm(len(train_set), generator=generator))
         epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
         started = time.perf_counter()
         for batch_index in range(steps_per_epoch):
             idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
             with precision:
-                loss, logits = _batch_loss(model, x, y, settings.adv_ratio, config, generator, anchor,
-                                           settings.anchor, settings.bf16_crafting)
-            if not torch.isfinite(loss):
+                loss, logits = _batch_loss(net, x, y, settings.adv_ratio, config, generator, anchor,
+                                           settings.anchor, settings.bf16_crafting, crafter=model)
+            if distributed.any_rank(not torch.isfinite(loss)):
                 raise NonFiniteLossError(
                     f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
                     f"{batch_index + 1}; lower the learning rate (config lr/finetune_lr) and rerun"
@@ -147,15 +154,17 @@ def train_phase(
             epoch_seen += len(y)
             progress.update()
         epoch_seconds = time.perf_counter() - started
+        epoch_loss, epoch_correct, epoch_seen = distributed.sum_over_ranks(epoch_loss, epoch_correct, epoch_seen)
         train_seconds += epoch_seconds
         images_seen += epoch_seen
 
+        distributed.sync_buffers(model)
         eval_model = model
         if average_from is not None and epoch >= average_from:
             averaged = averaged or AveragedModel(eval_model, use_buffers=False)
             averaged.update_parameters(eval_model)
         val_probs = predict_fake_proba(eval_model, val_set.images, batch_size=config.eval_batch_size, device=device)
-        val = classification_metrics(val_set.labels, val_probs)
+        val = distributed.broadcast(classification_metrics(val_set.labels, val_probs))  # rank 0's decides
         if on_epoch is not None:
             on_epoch(epoch, eval_model, val_probs)
         row = {
@@ -195,7 +204,7 @@ def train_phase(
     else:
         model.load_state_dict(averaged.module.state_dict())
         # Batch-norm statistics of the averaged weights, not the last epoch's: one pass over the training images.
-        update_bn((to_float(images[i:i + config.eval_batch_size], device)
+        update_bn((to_float(to_tensor(images[i:i + config.eval_batch_size]), device)
                    for i in range(0, len(images), config.eval_batch_size)), model)
         result.best_epoch, result.averaged_epochs = settings.epochs, settings.average_epochs
         result.val_metrics = classification_metrics(val_set.labels, predict_fake_proba(
@@ -245,17 +254,20 @@ def _selection_score(val: dict, metric: str) -> tuple[float, float]:
 
 
 def _training_batch(images, labels, idx, transform, seed, device):
-    """Augment a uint8 batch with albumentations, then move it to the device as [0, 1] floats."""
-    batch = images[idx].permute(0, 2, 3, 1).numpy()
+    """Augment a uint8 NHWC batch with albumentations, then move it to the device as [0, 1] floats."""
+    batch = images[idx.numpy()]
     augmented = augment(batch, transform, seed)
     return to_float(to_tensor(augmented), device), labels[idx].to(device)
 
 
-def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0, bf16_crafting=False):
+def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0, bf16_crafting=False,
+                crafter=None):
     """(loss, logits of the mixed batch): the first adv_ratio of the batch is replaced by FGSM (or PGD-k) images
-    crafted against the current weights, and the whole batch gets cross-entropy. With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight`` times the KL divergence from
-    its predictions to the model's on the clean images is added, so phase 2 gives up fewer of the base model's
-    clean calls (``config.finetune_anchor``). Attacks and anchor targets are float32 unless ``bf16_crafting``
+    crafted against the current weights (of ``crafter``, the bare model when ``model`` is its
+    DistributedDataParallel wrapper, whose gradient hooks only the training step may fire), and the whole
+    batch gets cross-entropy. With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight``
+    times the KL divergence from its predictions to the model's on the clean images is added, so phase 2 gives
+    up fewer of the base model's clean calls (``config.finetune_anchor``). Attacks and anchor targets are float32 unless ``bf16_crafting``
     (_phase2_precision).
     """
     n_adv = int(round(len(x) * adv_ratio))
@@ -264,7 +276,7 @@ def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_w
         logits = model(x)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x, logits
     else:
-        mixed = torch.cat([_adversarial(model, x[:n_adv], y[:n_adv], config, generator, bf16_crafting), x[n_adv:]])
+        mixed = torch.cat([_adversarial(crafter or model, x[:n_adv], y[:n_adv], config, generator, bf16_crafting), x[n_adv:]])
         logits = model(mixed)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x[n_adv:], logits[n_adv:]
     if anchor is not None:

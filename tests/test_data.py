@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import deepfake.data as data_module
 from deepfake.config import AUGMENTATIONS
-from deepfake.data import (
-    DataError, ImageSet, UnreadableImageError, augment, file_number, find_labelled_dirs, find_test_dir,
-    list_image_files, load_images, load_labelled, load_split, load_test, order_test_files, read_image,
-    resolve_data_dir, save_split, split_indices, sample_transform, to_tensor, train_transform,
-)
+from deepfake.data import (DataError, ImageSet, UnreadableImageError, augment, file_number, find_labelled_dirs,
+                           find_test_dir, list_image_files, load_images, load_labelled, load_split, load_test,
+                           load_validation, order_test_files, read_image, resolve_data_dir, sample_transform, save_split,
+                           split_indices, to_tensor, train_transform)
 
 
 def write_image(path: Path, image: np.ndarray) -> Path:
@@ -117,6 +117,21 @@ def test_corrupt_image_stops_with_its_name(tmp_path, content):
         load_labelled(root)
 
 
+def test_many_files_load_on_threads_in_their_order_and_the_first_corrupt_one_is_named(tmp_path, monkeypatch):
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), rgb(i * 6))
+    one_by_one, _ = load_images(paths)
+    monkeypatch.setattr(data_module, "LOAD_CHUNK", 3)
+    threaded, _ = load_images(paths)
+    assert np.array_equal(threaded, one_by_one)
+    for name in ("25.png", "31.png"):
+        (tmp_path / name).write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"25\.png"):
+        load_images(paths)
+
+
 def test_truncated_png_stops_with_its_name(tmp_path):
     png = cv2.imencode(".png", rgb(0))[1].tobytes()
     (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
@@ -159,6 +174,9 @@ def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path, monkeypa
     assert val_set.paths == data.subset(val).paths and train_set.paths == data.subset(train).paths
     assert np.array_equal(val_set.images, data.images[val]) and np.array_equal(train_set.images, data.images[train])
     assert np.array_equal(train_set.labels, data.labels[train]) and np.array_equal(val_set.labels, data.labels[val])
+    alone = load_validation(tmp_path / "split.json")
+    assert alone.paths == val_set.paths and np.array_equal(alone.images, val_set.images)
+    assert np.array_equal(alone.labels, val_set.labels)
     monkeypatch.chdir(root)
     relative = ImageSet(data.images[:1], data.labels[:1], ["real/0.png"])
     save_split(tmp_path / "relative.json", data.subset(train), relative)

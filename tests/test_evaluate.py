@@ -13,7 +13,8 @@ from deepfake.checkpoints import save_checkpoint
 from deepfake.config import make_config
 from deepfake.corruptions import CORRUPTIONS
 from deepfake.data import ImageSet, save_split
-from deepfake.evaluate import adversarial_examples, attack_sweep, clean_metrics, evaluate_run, showcase_indices
+from deepfake.evaluate import (adversarial_examples, attack_sweep, clean_metrics, corrupted_sets, evaluate_run,
+                               evaluation_sample, measure, showcase_indices)
 from deepfake.inference import predict_fake_proba
 from deepfake.io import write_json
 from deepfake.models import build_model
@@ -75,6 +76,31 @@ def test_showcase_alternates_classes():
     chosen = showcase_indices(labels, 6, seed=0)
     assert labels[chosen].tolist() == [0, 1, 0, 1, 0, 1] and len(set(chosen)) == 6
     assert len(showcase_indices(labels, 20, seed=0)) == 13
+
+
+def test_the_evaluation_sample_is_seeded_stratified_and_capped():
+    labels = np.array([0] * 900 + [1] * 300)
+    sample = evaluation_sample(labels, 200, seed=0)
+    assert len(sample) == 200 == len(set(sample)) and np.all(np.diff(sample) > 0)
+    assert np.bincount(labels[sample]).tolist() == [150, 50], "each class keeps its share"
+    assert np.array_equal(sample, evaluation_sample(labels, 200, seed=0))
+    assert not np.array_equal(sample, evaluation_sample(labels, 200, seed=1))
+    assert np.array_equal(evaluation_sample(labels, 1200, seed=0), np.arange(1200)), "a small split is all of it"
+    assert np.array_equal(evaluation_sample(labels, 0, seed=0), np.arange(1200)), "0 is no cap"
+
+
+def test_attacks_and_corruptions_measure_the_sample_and_clean_metrics_the_whole_split():
+    config = make_config("tiny", corruption_severities=(1,))
+    images, labels = toy_images(16)
+    val = ImageSet(images, labels, [f"{i}.png" for i in range(16)])
+    sample = evaluation_sample(labels, 6, config.seed)
+    corrupted = corrupted_sets(images[sample], config.corruption_severities, config.seed)
+    measured, probs = measure(toy_model(), val, corrupted, config, "cpu", sample=sample)
+    assert np.sum(measured["clean"]["confusion_matrix"]) == 16
+    sample_accuracy = float(np.mean((probs[sample] >= 0.5) == labels[sample]))
+    assert measured["attacks"]["fgsm"][0] == pytest.approx(sample_accuracy)
+    for entry in measured["corruptions"].values():
+        assert entry["drop"] == pytest.approx([sample_accuracy - a for a in entry["accuracy"]])
 
 
 def test_evaluate_only_without_checkpoints_names_the_command(tmp_path, capsys):
@@ -167,7 +193,8 @@ def test_evaluation_is_recorded_for_both_checkpoints(evaluated):
     config, results = evaluated
     assert load_results(results_path(config.checkpoint_dir)) == results
     evaluation = results["models"][MODEL]["evaluation"]
-    assert evaluation["n_val"] == 8 and evaluation["settings"]["pgd_steps"] == config.pgd_steps
+    assert evaluation["n_val"] == evaluation["n_sample"] == 8
+    assert evaluation["settings"]["pgd_steps"] == config.pgd_steps
     for phase in ("base", "final"):
         measured = evaluation[phase]
         clean = measured["clean"]

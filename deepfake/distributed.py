@@ -1,0 +1,134 @@
+"""Several processes, one run: the few collective steps ``torchrun`` training needs, in one place.
+
+``torchrun --nproc_per_node N deepfake_detection.py`` starts N processes with RANK, WORLD_SIZE and
+LOCAL_RANK set. Each trains on its shard of every epoch and DistributedDataParallel averages the
+gradients; rank 0 alone writes files. Without those variables (a plain ``python`` run) nothing here
+starts a process group and every helper is the single-process identity, so that run is unchanged.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+T = TypeVar("T")
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group torchrun describes (NCCL for GPUs, gloo for ``--device cpu`` or a machine
+    without one); False for a plain run."""
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    dist.init_process_group("nccl" if device != "cpu" and torch.cuda.is_available() else "gloo")
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes the run's files (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This process's own GPU when the run spans several (``cuda`` -> ``cuda:LOCAL_RANK``)."""
+    if not is_distributed() or device.type != "cuda":
+        return device
+    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(local)
+    return local
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast(value: T) -> T:
+    """Rank 0's ``value`` (any small picklable object) on every rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank, so all ranks take the same branch (e.g. stop on a diverged loss)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def sum_over_ranks(*values: float) -> list[float]:
+    """Each value summed over all ranks (epoch loss and counts of the whole epoch, not of one shard)."""
+    if not is_distributed():
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def shard(order: torch.Tensor) -> torch.Tensor:
+    """This rank's share of an epoch's order, which every rank draws alike: DistributedSampler's rule
+    (wrap around to a multiple of the world size, then every world_size-th from this rank), so all shards
+    are the same length and every rank takes the same number of steps."""
+    ranks = world_size()
+    if ranks == 1:
+        return order
+    padded = torch.cat([order, order[: (-len(order)) % ranks]])
+    return padded[rank()::ranks]
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model under DistributedDataParallel in a distributed run (its gradients averaged over ranks),
+    else the model itself."""
+    if not is_distributed():
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's batch-norm statistics on every rank: each rank's last training batch moved its own, and the
+    weights scored and kept must be the same everywhere."""
+    if is_distributed():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def main_first(make: Callable[[], T]) -> T:
+    """``make()`` on rank 0, then on the others, which so read what rank 0 wrote (samples made once)."""
+    if not is_distributed():
+        return make()
+    if is_main():
+        made = make()
+        barrier()
+        return made
+    barrier()
+    return make()
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
