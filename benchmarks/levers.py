@@ -85,7 +85,8 @@ def main() -> int:
     settings = base_settings(config, args.model, model.pretrained_loaded)
     base = train_phase(model, pool, val, config, settings, device, label=args.model)
     record = {
-        "model": args.model, "preset": args.preset, "set": overrides, "config": {key: getattr(config, key) for key in TRAINING_KEYS},
+        "model": args.model, "preset": args.preset, "set": overrides,
+        "config": {key: getattr(config, key) for key in TRAINING_KEYS},
         "train_fraction": args.train_fraction, "train_images": len(train),
         "best_epoch": base.best_epoch, "averaged_epochs": base.averaged_epochs,
         "val_acc": [round(row["val_acc"], 3) for row in base.history],

@@ -28,7 +28,8 @@ def convert(source: Path, out_dir: Path) -> Path:
     renamed = {}
     for (their_name, tensor), (name, reference) in zip(theirs.items(), ours.items()):
         if tensor.shape != reference.shape:
-            raise SystemExit(f"{source}: {their_name} {tuple(tensor.shape)} does not fit {name} {tuple(reference.shape)}")
+            raise SystemExit(f"{source}: {their_name} {tuple(tensor.shape)} does not fit {name} "
+                             f"{tuple(reference.shape)}")
         renamed[name] = tensor.contiguous()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{TIMM_NAME}.safetensors"

@@ -208,9 +208,8 @@ def better_single(single: dict[str, dict], ensemble_accuracy: float) -> str | No
     """The member whose validation accuracy beats the ensemble's, if one does.
 
     A weak member can pull the average below the strongest one; the competitor should hear so when it
-    happens, with the fix. Single models are
-    scored at 0.5, a cut chosen on nothing, so pass the ensemble's accuracy with its cut chosen on other
-    folds where there is one.
+    happens, with the fix. Single models are scored at 0.5, a cut chosen on nothing, so pass the ensemble's
+    accuracy with its cut chosen on other folds where there is one.
     """
     if len(single) < 2:
         return None

@@ -58,9 +58,15 @@ def pretrained_state_dict(timm_name: str, weights_dir: str | os.PathLike | None 
 
 
 def require_weights(timm_names: dict[str, str], weights_dir: str | os.PathLike | None) -> None:
-    """ConfigError, before any training, naming the first member (model -> timm name) whose weights are missing."""
+    """ConfigError, before any training, naming the first member (model -> timm name) whose weights are missing.
+
+    The hub is probed once at most, and only for a member with no local file."""
+    hub_reachable = None
     for model, timm_name in timm_names.items():
-        if weights_file(weights_dir, timm_name) is None and not _hub_reachable() and not _cached_weights(timm_name):
+        if weights_file(weights_dir, timm_name) is not None or _cached_weights(timm_name) is not None:
+            continue
+        hub_reachable = _hub_reachable() if hub_reachable is None else hub_reachable
+        if not hub_reachable:
             looked = f"{Path(weights_dir) / timm_name}{{{','.join(WEIGHT_SUFFIXES)}}}" if weights_dir else "no folder"
             raise ConfigError(
                 f"{model}: no ImageNet weights for {timm_name} (looked in {looked}, the hub and its caches); put "

@@ -159,14 +159,13 @@ def train_phase(
         images_seen += epoch_seen
 
         distributed.sync_buffers(model)
-        eval_model = model
         if average_from is not None and epoch >= average_from:
-            averaged = averaged or AveragedModel(eval_model, use_buffers=False)
-            averaged.update_parameters(eval_model)
-        val_probs = predict_fake_proba(eval_model, val_set.images, batch_size=config.eval_batch_size, device=device)
+            averaged = averaged or AveragedModel(model, use_buffers=False)
+            averaged.update_parameters(model)
+        val_probs = predict_fake_proba(model, val_set.images, batch_size=config.eval_batch_size, device=device)
         val = distributed.broadcast(classification_metrics(val_set.labels, val_probs))  # rank 0's decides
         if on_epoch is not None:
-            on_epoch(epoch, eval_model, val_probs)
+            on_epoch(epoch, model, val_probs)
         row = {
             "epoch": epoch,
             "train_loss": epoch_loss / epoch_seen,
@@ -189,7 +188,7 @@ def train_phase(
         score = _selection_score(val, config.select_metric)
         if settings.patience is None or score > best_score:
             best_score, stale = score, 0
-            best_state = copy.deepcopy(eval_model.state_dict())
+            best_state = copy.deepcopy(model.state_dict())
             result.best_epoch, result.val_metrics = epoch, val
         else:
             stale += 1
