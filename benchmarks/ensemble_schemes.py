@@ -26,7 +26,7 @@ from benchmarks.common import REPO
 from deepfake.checkpoints import load_checkpoint
 from deepfake.config import WEIGHT_SCHEMES
 from deepfake.corruptions import apply_corruption
-from deepfake.data import SPLIT_NAME, load_split
+from deepfake.data import SPLIT_NAME, load_validation
 from deepfake.ensemble import choose_threshold, crossfit_accuracy, ensemble_weights, run_members, weighted_fake_proba
 from deepfake.errors import DeepfakeError, report_errors
 from deepfake.inference import predict_fake_proba
@@ -70,7 +70,7 @@ def scheme_table(run: Path) -> list[str]:
         raise DeepfakeError(f"no benchmark run in {run}: make it with `python -m benchmarks.benchmark --preset full` "
                             "(add `--train-seed 43` for benchmarks/runs/full-seed43), or name another run folder")
     results = load_results(results_path(checkpoints))
-    _, val, _ = load_split(checkpoints / SPLIT_NAME)
+    val, _ = load_validation(checkpoints / SPLIT_NAME)
     tta = bool(results["config"].get("tta_flip"))
     members = run_members(results, checkpoints)
     metrics = {member.name: member.val_metrics for member in members}

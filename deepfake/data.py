@@ -371,11 +371,11 @@ def load_split(path: str | Path, size: int = 32) -> tuple[ImageSet, ImageSet, di
     return train, val, meta
 
 
-def load_validation(path: str | Path, size: int = 32) -> ImageSet:
-    """The saved split's validation images alone: evaluation needs no training image (96,000 of them for
-    CIFAKE's full release)."""
-    parts, _, training_cwd = _read_split(path)
-    return _split_images(Path(path), *parts["val"], training_cwd, size)
+def load_validation(path: str | Path, size: int = 32) -> tuple[ImageSet, dict]:
+    """The saved split's (validation images, meta) alone: evaluation and the ensemble need no training image
+    (96,000 of them for CIFAKE's full release)."""
+    parts, meta, training_cwd = _read_split(path)
+    return _split_images(Path(path), *parts["val"], training_cwd, size), meta
 
 
 def _read_split(path: str | Path) -> tuple[dict[str, tuple[list, list]], dict, str | None]:

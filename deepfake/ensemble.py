@@ -29,7 +29,7 @@ from torch import nn
 
 from .checkpoints import load_checkpoint, read_checkpoint
 from .config import WEIGHT_SCHEMES, Config
-from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, file_number, load_split, load_test
+from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, file_number, load_test, load_validation
 from .errors import DeepfakeError
 from .inference import predict_fake_proba
 from .io import atomic_path, write_json
@@ -359,7 +359,7 @@ def load_ensemble(
     results = load_results(results_path(checkpoint_dir))
     members = explicit_members([Path(c) for c in checkpoints]) if checkpoints else run_members(results, checkpoint_dir)
     split_file = checkpoint_dir / SPLIT_NAME
-    _, val, split = load_split(split_file, config.image_size)
+    val, split = load_validation(split_file, config.image_size)
     members = trained_on_this_split(members, split_file, split.get("data_id"), explicit=bool(checkpoints))
 
     # Weigh

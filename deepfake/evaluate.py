@@ -57,7 +57,7 @@ def evaluate_run(config: Config, device: torch.device) -> dict:
         raise CheckpointError(f"{checkpoint_dir} has checkpoints for {', '.join(available)} only: pass --models "
                               f"with some of those, or train {', '.join(config.models)} first")
 
-    val = load_validation(checkpoint_dir / SPLIT_NAME, config.image_size)  # DataError naming the fix if missing
+    val, _ = load_validation(checkpoint_dir / SPLIT_NAME, config.image_size)  # DataError naming the fix if missing
     sample = evaluation_sample(val.labels, config.eval_max_images, config.seed)
     corrupted = corrupted_sets(val.images[sample], config.corruption_severities, config.seed)
     log.info("evaluating %s on %d validation images (attacks and corruptions on %d of them)", ", ".join(trained),

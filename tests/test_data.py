@@ -174,9 +174,14 @@ def test_split_is_stratified_disjoint_and_reloads_identically(tmp_path, monkeypa
     assert val_set.paths == data.subset(val).paths and train_set.paths == data.subset(train).paths
     assert np.array_equal(val_set.images, data.images[val]) and np.array_equal(train_set.images, data.images[train])
     assert np.array_equal(train_set.labels, data.labels[train]) and np.array_equal(val_set.labels, data.labels[val])
-    alone = load_validation(tmp_path / "split.json")
+    alone, alone_meta = load_validation(tmp_path / "split.json")
     assert alone.paths == val_set.paths and np.array_equal(alone.images, val_set.images)
-    assert np.array_equal(alone.labels, val_set.labels)
+    assert np.array_equal(alone.labels, val_set.labels) and alone_meta == meta
+    gone_train = ImageSet(data.images[:1], data.labels[:1], [str(tmp_path / "deleted.png")])
+    save_split(tmp_path / "no_train.json", gone_train, data.subset(val))  # evaluation reads no training image
+    assert load_validation(tmp_path / "no_train.json")[0].paths == val_set.paths
+    with pytest.raises(DataError, match="is gone"):
+        load_split(tmp_path / "no_train.json")
     monkeypatch.chdir(root)
     relative = ImageSet(data.images[:1], data.labels[:1], ["real/0.png"])
     save_split(tmp_path / "relative.json", data.subset(train), relative)
