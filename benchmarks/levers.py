@@ -55,6 +55,7 @@ TABLE_CELLS = [("attack_before", ("clean", *ATTACK_EPSILONS)), ("attack_after", 
 RETIRED_FIELDS = {"cutout_prob": 0.0, "mixup_alpha": 0.0, "ema_decay": 0.0, "trades_beta": 0.0,
                   "finetune_corruption_prob": 0.0, "pseudo_label_confidence": 0.0}
 LEVER_BUDGET = {"base_epochs": 8, "patience": 8}  # the --set of the reference row (see write_table)
+SPEED_ONLY = {"weights_dir", "threads"}  # fields a reference row of another preset may set (see write_table)
 
 
 def main() -> int:
@@ -154,23 +155,32 @@ def levers_data(config: Config, run_dir: Path, train_fraction: float = 1.0) -> t
 
 
 def write_table() -> None:
-    """One row per lever: what it changes from the reference recipe, and what that measured.
+    """One row per lever: what it changes from its preset's reference recipe, and what that measured.
 
-    The reference is the first record whose --set is only the 8-epoch budget (the `full` preset of
-    round 2), so a row keeps its meaning when `full` later adopts a lever; config fields added
-    after a record was written count at their defaults, the behaviour before they existed.
+    The reference of ``full`` is the first record whose --set is only the 8-epoch budget (the `full` preset
+    of round 2), that of another preset its first record that sets only where the weights are and how many
+    threads run; so a row keeps its meaning when the preset later adopts a lever. Config fields added after
+    a record was written count at their defaults, the behaviour before they existed.
     """
     pct = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
     records = [json.loads(line) for line in RECORDS.read_text().splitlines()]
     defaults = json.loads(json.dumps({**RETIRED_FIELDS, **{key: getattr(Config(), key) for key in TRAINING_KEYS}}))
     configs = [{**defaults, **record["config"]} for record in records]
-    reference = next(config for record, config in zip(records, configs) if record["set"] == LEVER_BUDGET)
+    references = {}
+    for record, config in zip(records, configs):
+        preset = record.get("preset", "full")
+        is_reference = (record["set"] == LEVER_BUDGET if preset == "full" else set(record["set"]) <= SPEED_ONLY)
+        if is_reference:
+            references.setdefault(preset, config)
     latest = {}  # a rerun of the same lever (newer fields, same numbers) replaces its row in place
     for record, config in zip(records, configs):
-        changes = [f"{k}={v}" for k, v in config.items() if v != reference[k]]
+        preset = record.get("preset", "full")
+        changes = [f"{k}={v}" for k, v in config.items() if v != references[preset][k] and k not in SPEED_ONLY]
         if record.get("train_fraction", 1) < 1:
             changes.append(f"train_fraction={record['train_fraction']} ({record['train_images']} images)")
         setting = " ".join(changes) or "(reference)"
+        if preset != "full":
+            setting = f"`{preset}`: {setting}"
         key = (record["model"], setting)
         if "attack_after" in latest.get(key, {}) and "attack_after" not in record:
             key += ("phase 1 only",)  # its own row: replacing would drop the fine-tune columns

@@ -63,21 +63,23 @@ class PhaseResult:
 
 
 def base_settings(config: Config, model: str | None = None, pretrained: bool = False) -> PhaseSettings:
-    """Phase 1 for ``model``: its own learning rate if ``config.model_lr`` names one; a model that starts from
-    ImageNet weights fine-tunes for ``pretrained_epochs`` and keeps its last epoch."""
+    """Phase 1 for ``model``: its own learning rate and corruption share where ``config.model_lr`` and
+    ``config.model_corruption_prob`` name one; a model that starts from ImageNet weights fine-tunes for
+    ``pretrained_epochs`` and keeps its last epoch."""
     lr = dict(config.model_lr).get(model, config.lr)
     if pretrained and config.pretrained_epochs:
-        return PhaseSettings("base", config.pretrained_epochs, lr, 0.0, None, config.corruption_prob,
+        return PhaseSettings("base", config.pretrained_epochs, lr, 0.0, None, config.corruption(model),
                              model in config.bf16_models)
     patience = None if config.average_epochs else config.patience
-    return PhaseSettings("base", config.base_epochs, lr, 0.0, patience, config.corruption_prob,
+    return PhaseSettings("base", config.base_epochs, lr, 0.0, patience, config.corruption(model),
                          model in config.bf16_models, average_epochs=config.average_epochs)
 
 
 def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings:
-    """Phase 2 for ``model``: the adversarial share, crafted at its precision, and the clean anchor."""
+    """Phase 2 for ``model``: the adversarial share, crafted at its precision, the clean anchor and the model's
+    corruption share."""
     return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None,
-                         config.corruption_prob, model in config.bf16_models, model in config.bf16_crafting,
+                         config.corruption(model), model in config.bf16_models, model in config.bf16_crafting,
                          config.finetune_anchor)
 
 

@@ -61,6 +61,10 @@ def test_unknown_names_fail_with_the_choices():
         make_config("full", spectrum_models=("resnet",))
     with pytest.raises(ConfigError, match="convnext; choose from"):
         make_config("full", model_width=(("convnext", 0.5),))
+    with pytest.raises(ConfigError, match="resnet; choose from"):
+        make_config("full", model_corruption_prob=(("resnet", 0.0),))
+    with pytest.raises(ConfigError, match=r"model_corruption_prob resnet_se=1.5 \(in \[0, 1\]\)"):
+        make_config("full", model_corruption_prob=(("resnet_se", 1.5),))
     with pytest.raises(ConfigError, match="unknown model in bf16_crafting: resnet; choose from"):
         make_config("full", bf16_crafting=("resnet",))
     with pytest.raises(ConfigError, match=r"bf16_crafting takes a tuple like \(1, 2\), got True"):

@@ -107,6 +107,14 @@ def test_model_lr_replaces_the_base_learning_rate_for_that_model_only():
     assert finetune_settings(config).lr == config.finetune_lr
 
 
+def test_model_corruption_prob_replaces_the_share_for_that_model_in_both_phases():
+    config = make_config("tiny", corruption_prob=0.5, model_corruption_prob=(("resnet_se", 0.0),))
+    for settings in (base_settings, finetune_settings):
+        assert settings(config, "resnet_se").corruption_prob == 0.0
+        assert settings(config, "tf_efficientnet_lite0").corruption_prob == settings(config).corruption_prob == 0.5
+    assert base_settings(config, "tf_efficientnet_lite0", pretrained=True).corruption_prob == 0.5
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 def test_adversarial_images_stay_within_the_budget(toy_split, steps):
     train, _ = toy_split
