@@ -6,12 +6,13 @@
 
 Splits ``../shared/data/synergy25/train`` once (stratified, seeded) into a pipeline part, which
 ``deepfake_detection.py`` splits again into train/validation for itself, and an unseen part. The
-pipeline also gets the challenge's 500 unlabelled test images (which ``pseudo_label_confidence``, off
-in every preset, would pseudo-label for phase 2); the unseen part is never among them.
+pipeline also gets the challenge's 500 unlabelled test images, which ``ensemble.py`` submits on; the
+unseen part is never among them.
 Then runs ``deepfake_detection.py`` and ``ensemble.py`` as a competitor would and scores every
 final model and the ensemble on the unseen part: clean metrics, PGD-20 at 2/4/8 of 255 (this
 project's attack, and torchattacks' APGD-CE when installed, so gradient masking cannot pass as
-robustness; attacks only on the model with the best validation accuracy, to save time), JPEG q40,
+robustness; attacks only on the model with the best validation accuracy and on every ImageNet-pretrained
+member, whose robustness is the open question, to save time), JPEG q40,
 Gaussian noise and blur. Writes ``benchmarks/RESULTS.md`` (the run's
 section replaced, other presets' kept) and a JSON next to it.
 """
@@ -110,7 +111,8 @@ def main() -> int:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(),
-        "command": " ".join(["python -m benchmarks.benchmark", *sys.argv[1:]]),
+        # the command that trains and scores the run: a rescore (--skip-training) keeps its recorded training time
+        "command": " ".join(["python -m benchmarks.benchmark", *(a for a in sys.argv[1:] if a != "--skip-training")]),
         "pipeline_command": " ".join(command[1:]).replace(f"{REPO}/", ""),
         "preset": args.preset,
         "train_seed": args.train_seed,
@@ -177,11 +179,13 @@ def score_unseen(checkpoint_dir: Path, unseen: ImageSet) -> dict:
     bases = {name: load_checkpoint(entry["checkpoints"]["base"]) for name, entry in results["models"].items()
              if name in models}
     tta = bool(results["config"].get("tta_flip"))
-    # PGD-20 is the expensive part: attack the model the pipeline's own validation split ranks best.
+    # PGD-20 is the expensive part: attack the model the pipeline's own validation split ranks best, and the
+    # ImageNet-pretrained members.
     best = max(models, key=lambda n: results["models"][n]["val"]["final"]["accuracy"])
+    attacked = {best} | {name for name in models if results["models"][name].get("pretrained")}
     scores = {}
     for name, model in models.items():
-        scores[name] = score_model(model, unseen, tta, attack=name == best)
+        scores[name] = score_model(model, unseen, tta, attack=name in attacked)
         scores[name]["base_clean"] = classification_metrics(
             unseen.labels, predict_fake_proba(bases[name], unseen.images, tta_flip=tta))
     if weights:
@@ -282,24 +286,26 @@ def write_results_markdown(folder: Path, readme: Path = REPO / "README.md") -> N
 
 
 def summary_table(reports: list[dict]) -> str:
-    """One row per run, on its unseen split: the best single model, the ensemble, the attacked model's
-    robustness and corruptions, and the pipeline's wall time."""
+    """One row per run, on its unseen split: the best single model, the ensemble, the attacked models'
+    robustness, the best model's corruptions, and the pipeline's wall time."""
     pct = lambda value: "n/a" if value is None else f"{100 * value:.1f}"  # noqa: E731
-    rows = ["| run (command) | best single model, unseen acc | ensemble | PGD-20 2/255 / 8/255 (that model) "
+    rows = ["| run (command) | best single model, unseen acc | ensemble | PGD-20 2/255 / 8/255 (attacked models) "
             "| JPEG q40 / noise / blur | pipeline time |", "|---|---|---:|---|---|---:|"]
     for report in reports:
         singles = {name: s for name, s in report["unseen"].items() if name != "ensemble"}
         best = max(singles, key=lambda name: singles[name]["clean"]["accuracy"])
         imagenet = {name for name, m in report["run"]["models"].items() if m.get("pretrained")}
         label = lambda name: f"{name} (ImageNet)" if name in imagenet else name  # noqa: E731
-        attacked = next((name for name, s in singles.items() if s.get("pgd20_2/255") is not None), best)
-        a, b = singles[best], singles[attacked]
+        attacked = [name for name, s in singles.items() if s.get("pgd20_2/255") is not None] or [best]
+        a = singles[best]
+        robustness = "; ".join(f"{label(name)}: {pct(singles[name].get('pgd20_2/255'))} / "
+                               f"{pct(singles[name].get('pgd20_8/255'))}" for name in attacked)
         ensemble = report["unseen"].get("ensemble", {}).get("clean", {}).get("accuracy")
         seconds = report["stage_seconds"].get("deepfake_detection.py")
         arguments = re.sub(r"^python (-m benchmarks\.benchmark|benchmarks/benchmark\.py) ?", "", report["command"])
         rows.append(f"| `{arguments or '--preset quick'}` | {label(best)} "
                     f"{pct(a['clean']['accuracy'])} | {pct(ensemble) if len(singles) > 1 else '(one model)'} "
-                    f"| {label(attacked)}: {pct(b.get('pgd20_2/255'))} / {pct(b.get('pgd20_8/255'))} "
+                    f"| {robustness} "
                     f"| {' / '.join(pct(a.get(c)) for c in CORRUPTIONS)} "
                     f"| {'n/a' if seconds is None else f'{seconds / 60:.1f} min'} |")
     return "\n".join(rows)
@@ -309,7 +315,8 @@ def markdown_section(report: dict) -> str:
     pct = lambda value: "n/a" if value is None else f"{100 * value:.1f}"  # noqa: E731
     lines = [
         f"## Preset `{report['preset']}`"
-        + ("" if report.get("train_seed") is None else f", training seed {report['train_seed']} (a replicate)") + "\n",
+        + ("" if report.get("train_seed") is None else f", training seed {report['train_seed']} (a replicate)")
+        + ("" if (name := re.search(r"--name (\S+)", report["command"])) is None else f", run `{name[1]}`") + "\n",
         f"- Date: {report['date']}; machine: {report['machine']}",
         f"- Command: `{report['command']}` (runs `python {report['pipeline_command']}`)",
         f"- Images: {report['split']['pipeline_images']} for the pipeline (its own train/validation split inside), "

@@ -59,22 +59,23 @@ def test_a_phase_1_rerun_of_a_fine_tuned_lever_gets_its_own_row(monkeypatch, tmp
 
 
 def test_summary_table_lands_in_results_and_between_the_readme_markers(benchmark, tmp_path):
-    def model(accuracy, attacked=False):
+    def model(accuracy, attacked=None):
         scores = {"clean": {"accuracy": accuracy, "f1": accuracy, "auc": accuracy}, "jpeg_q40": 0.8, "noise_0.08": 0.7, "blur_1.0": 0.6}
-        return {**scores, "pgd20_2/255": 0.5, "pgd20_8/255": 0.25} if attacked else scores
+        return {**scores, "pgd20_2/255": attacked[0], "pgd20_8/255": attacked[1]} if attacked else scores
 
     report = {"preset": "pretrained", "command": "python -m benchmarks.benchmark --preset pretrained",
               "stage_seconds": {"deepfake_detection.py": 600.0}, "date": "d", "machine": "m", "pipeline_command": "p",
               "split": {"pipeline_images": 980, "unseen_images": 420, "seed": 2025},
-              "unseen": {"lite0": model(0.93, attacked=True), "resnet_se": model(0.88), "ensemble": model(0.91)},
+              "unseen": {"lite0": model(0.93, (0.5, 0.25)), "resnet_se": model(0.88, (0.75, 0.375)),
+                         "ensemble": model(0.91)},
               "run": {"models": {name: {"pretrained": name == "lite0", "val_base": None, "val_final": None,
                                         "best_epoch": 8} for name in ("lite0", "resnet_se")}, "timings": {}}}
     (tmp_path / "results_pretrained.json").write_text(json.dumps(report))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n" + "\nstale\n".join(benchmark.README_MARKERS) + "\noutro\n")
     benchmark.write_results_markdown(tmp_path, readme)
-    row = ("| `--preset pretrained` | lite0 (ImageNet) 93.0 | 91.0 | lite0 (ImageNet): 50.0 / 25.0 | 80.0 / 70.0 / 60.0 "
-           "| 10.0 min |")
+    row = ("| `--preset pretrained` | lite0 (ImageNet) 93.0 | 91.0 | lite0 (ImageNet): 50.0 / 25.0; resnet_se: 75.0 / 37.5 "
+           "| 80.0 / 70.0 / 60.0 | 10.0 min |")
     assert row in readme.read_text() and "stale" not in readme.read_text()
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")
     assert row in (tmp_path / "RESULTS.md").read_text() and "Levers" not in (tmp_path / "RESULTS.md").read_text()
