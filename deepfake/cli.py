@@ -10,7 +10,7 @@ from .errors import ConfigError
 DEFAULT_PRESET = "full"
 PRESET_HELP = {  # what each is, and its minutes on a 2-core CPU, for --help
     "full": ("the reference recipe", "15-20"),
-    "pretrained": ("ImageNet-pretrained timm members, their weights from --weights-dir or the hub", "30+"),
+    "pretrained": ("ImageNet-pretrained timm members, their weights from --weights-dir or the hub", "about 35"),
     "quick": ("the same pipeline, shorter", "3-5"),
     "seed": ("the original notebook's recipe, kept for comparison", "30+"),
     "tiny": ("for tests and smoke runs", "under 1"),
