@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.benchmark import CORRUPTIONS
-from benchmarks.common import REPO
+from benchmarks.common import REPO, command_as_typed, report_stamp
 from deepfake.checkpoints import load_checkpoint
 from deepfake.config import WEIGHT_SCHEMES
 from deepfake.corruptions import apply_corruption
@@ -32,7 +31,7 @@ from deepfake.errors import DeepfakeError, report_errors
 from deepfake.inference import predict_fake_proba
 from deepfake.io import write_text
 from deepfake.metrics import classification_metrics
-from deepfake.results import load_results, machine_description, results_path
+from deepfake.results import load_results, results_path
 
 DEFAULT_RUNS = ("benchmarks/runs/full", "benchmarks/runs/full-seed43")
 OUTPUT = REPO / "benchmarks" / "ENSEMBLE_SCHEMES.md"
@@ -43,14 +42,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=list(DEFAULT_RUNS), help="benchmark run folders")
     args = parser.parse_args()
-    command = " ".join(["python -m benchmarks.ensemble_schemes", *sys.argv[1:]])  # as typed, like step_speed.py
+    command = command_as_typed("ensemble_schemes")
     return report_errors(lambda: write_report(args.runs, command))
 
 
 def write_report(runs: list[str], command: str) -> None:
     lines = [
         "# Ensemble weightings on validation\n",
-        f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}",
+        report_stamp(),
         f"- Command: `{command}`",
         "- Each run's own validation split (never the unseen part). Cut: the fake-probability cut with the best "
         "validation accuracy, as `ensemble.py` chooses it. Cross-fit: each image called at a cut chosen on the "

@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
+from benchmarks.common import REPO, report_stamp
 from deepfake.data import list_image_files
 from deepfake.demo_data import build_demo_dataset
 from deepfake.io import write_text
 from deepfake.pipeline import load_run_config
-from deepfake.results import machine_description
 
-REPO = Path(__file__).resolve().parents[1]
 REPORT = Path(__file__).resolve().parent / "PREDICT_MEMORY.md"
 PER_FOLDER = 1000  # images per subfolder of a count's tree
 ALLOWED_RATIO = 2.0  # the bound: peak memory at the largest count within twice that at the smallest
@@ -112,8 +107,7 @@ def write_report(rows: list[dict], checkpoint_dir: Path, args: argparse.Namespac
     lines = [
         "# predict.py: peak memory against the number of images",
         "",
-        f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}; "
-        f"torch {torch.__version__}, Python {platform.python_version()}",
+        report_stamp(),
         f"- Command: `{command}` ({run}: {', '.join(config.models)}; "
         f"CPU threads: {config.threads or os.cpu_count()})",
         "- Each count: 32x32 PNG copies of the demo images in nested folders of 1,000, scored by "

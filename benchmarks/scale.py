@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -30,11 +28,10 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, command_as_typed, report_stamp
 from deepfake.data import CLASS_NAMES
 from deepfake.demo_data import demo_image, source_photographs
 from deepfake.io import read_json, write_text
-from deepfake.results import machine_description
 
 OUTPUT = REPO / "benchmarks" / "SCALE.md"
 SIZES = (2_000, 20_000, 120_000)
@@ -139,11 +136,10 @@ def main() -> int:
     for count in sizes:
         rows.append(measure_size(count, args.steps, args.seed, args.overrides))
         print(table(rows)[-1], f"(images written in {rows[-1]['generate_s']:.0f} s)", flush=True)
-    command = " ".join(["python -m benchmarks.scale", *sys.argv[1:]])
+    command = command_as_typed("scale")
     write_text(args.output, "\n".join([
         "# Scale: time and memory against the number of images\n",
-        f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}, "
-        f"Python {platform.python_version()}",
+        report_stamp(),
         f"- Command: `{command}`: per size, seeded demo images (half real, half fake) in a scratch folder, then "
         f"`deepfake_detection.py --preset tiny --models {MODEL} --set model_width=(('{MODEL}', {WIDTH}),) "
         f"max_steps_per_epoch={args.steps}` with one epoch per phase, in a fresh process (1 torch thread, as "

@@ -17,13 +17,11 @@ import atexit
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -31,11 +29,10 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, command_as_typed, report_stamp
 from deepfake.config import MODEL_NAMES, Config, make_config
 from deepfake.io import write_text
 from deepfake.models import build_from_config
-from deepfake.results import machine_description
 from deepfake.runtime import setup_runtime
 from deepfake.train import bf16_is_fast
 
@@ -117,11 +114,10 @@ def main() -> int:
                             f"| {speed['first_step_s']:.1f} | {speed['first_eval_s']:.1f} |")
                 print(rows[-1], flush=True)
     in_full = ", ".join(config.bf16_models)
-    command = " ".join(["python -m benchmarks.step_speed", *sys.argv[1:]])
+    command = command_as_typed("step_speed")
     write_text(args.output, "\n".join([
         "# Training-step speed\n",
-        f"- Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; machine: {machine_description()}; "
-        f"torch {torch.__version__}, Python {platform.python_version()}",
+        report_stamp(),
         f"- Command: `{command}` (models as the `full` preset builds them, batch {config.batch_size}, "
         f"{config.image_size}x{config.image_size}, {torch.get_num_threads()} threads; `full` trains "
         f"{in_full} in bfloat16, every model eager)",
