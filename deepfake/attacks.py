@@ -3,7 +3,7 @@
 Epsilons are in pixel units of [0, 1] images (8/255 = eight grey levels); a float or one per
 image. Adversarial images stay in [0, 1] and within eps of their source. Crafting touches
 neither the model's training mode nor its parameters' gradients. Labels are class indices, or
-(N, classes) probabilities to move the prediction away from (TRADES-style fine-tuning).
+(N, classes) probabilities to move the prediction away from.
 """
 from __future__ import annotations
 
@@ -93,3 +93,15 @@ def _per_image(eps: Epsilon, images: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"got {len(eps)} epsilons for {len(images)} images")
         eps = eps.view(-1, *([1] * (images.ndim - 1)))
     return eps
+
+
+def apgd_ce(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 20,
+            seed: int = 0) -> torch.Tensor | None:
+    """torchattacks' APGD-CE (step sizes of its own, so masked gradients cannot pass as robustness); None
+    where torchattacks is not installed (``pip install --no-deps torchattacks``: no dependency of the product)."""
+    try:
+        import torchattacks
+    except ImportError:
+        return None
+    with eval_mode(model):
+        return torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce", seed=seed)(images, labels)

@@ -5,6 +5,7 @@ prediction rebuild the model from the file alone, never from the training config
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         ) from error
     model.pretrained_loaded = bool(payload["pretrained"])
     return model.to(device).eval()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The checkpoint file's digest: it names exactly which weights a submission or a frontier came from."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _plain(value: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import ast
 
-from .config import MODEL_NAMES, PRESETS, Config, make_config
+from .config import MODEL_NAMES, OPERATING_POINTS, PRESETS, WEIGHT_SCHEMES, Config, make_config
 from .errors import ConfigError
 
 DEFAULT_PRESET = "full"
@@ -90,3 +90,31 @@ def default_preset_notice(args: argparse.Namespace) -> str | None:
     what, minutes = PRESET_HELP[DEFAULT_PRESET]
     return (f"no --preset given: running {DEFAULT_PRESET}, {what}, about {minutes} min on 2 CPU cores; "
             f"--preset quick takes about {PRESET_HELP['quick'][1]} min")
+
+
+def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    """How ensemble.py and predict.py pick the members, their weights and the cut, so both call an image alike."""
+    parser.add_argument("--checkpoint-dir", default="checkpoints", help="the training run's folder (results.json)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="comma list of .pt files (default: every final checkpoint of the run)")
+    parser.add_argument("--operating-point", default=None, choices=OPERATING_POINTS,
+                        help="where the weights stand on the members' accuracy-robustness frontier, measured on "
+                             "validation with the ensemble attacked whole: accurate (best clean accuracy, never below "
+                             "the best member clean or corrupted), robust (best under PGD at 8/255) or balanced "
+                             f"(the most robust within 1 point of accurate's clean accuracy; default {OPERATING_POINTS[0]})")
+    parser.add_argument("--min-clean", type=float, default=None, metavar="ACCURACY",
+                        help="a floor on the operating point's clean validation accuracy, e.g. 0.90")
+    parser.add_argument("--weights", default=None, choices=WEIGHT_SCHEMES,
+                        help="instead of an operating point, weigh each model equally, or by its validation accuracy, "
+                             "ROC-AUC or accuracy's log-odds")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="fake probability from which an image is called fake "
+                             "(default: the cut with the best validation accuracy, nearest 0.5 among ties)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the models run")
+
+
+def ensemble_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``load_ensemble`` that :func:`add_ensemble_arguments` parsed."""
+    checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
+    return {"checkpoint_dir": args.checkpoint_dir, "checkpoints": checkpoints, "operating_point": args.operating_point,
+            "min_clean": args.min_clean, "scheme": args.weights, "threshold": args.threshold, "device": args.device}

@@ -18,6 +18,7 @@ MODEL_NAMES = ("convnext_tiny", "efficientnet_b0", "resnet_se")
 AUGMENTATIONS = ("lossless", "seed")  # see data.train_transform and data.sample_transform
 SELECT_METRICS = ("accuracy", "auc")
 WEIGHT_SCHEMES = ("equal", "accuracy", "auc", "logodds")  # how ensemble.py weighs each model (deepfake.ensemble)
+OPERATING_POINTS = ("balanced", "accurate", "robust")  # ensemble.py's default first (deepfake.frontier)
 CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS}
 MODEL_LISTS = ("models", "spectrum_models", "bf16_models", "bf16_crafting")  # each name: the zoo's or timm's
 

@@ -1,18 +1,16 @@
-"""The submission: a validation-weighted average of the trained detectors' fake probabilities.
+"""The submission: a weighted average of the trained detectors' fake probabilities, cut where validation says.
 
-load run -> weigh -> predict -> write. Detectors with different architectures make partly
-independent mistakes, so their averaged probability can be steadier than any one of them; a cut
-chosen on validation corrects a lean the members share (towards "fake" in the benchmark runs).
-Accuracy weights differ little between members, so a weak member can still drag the average
-below the strongest one (it does in the `full` benchmark runs); the run then says which model to
-submit. ``predict.py`` calls any image with the same members, weights and cut (:func:`load_ensemble`).
-Every submission gets a meta file naming the exact checkpoints (sha256), weights and cut
-behind it, and the ensemble is scored next to each single model on the run's validation split, so
-a leaderboard score can be traced back to its models and checked against them.
+load run -> weigh -> predict -> write. The weights are an operating point of the members' accuracy-robustness
+frontier (deepfake/frontier.py), ``balanced`` by default: a brittle member that outweighs the cut flips any call
+under attack, so weights chosen for accuracy alone give away robustness nobody chose to give away;
+``--weights`` weighs by validation scores instead. A cut chosen on validation corrects a lean the members
+share (towards "fake" in the benchmark runs). ``predict.py`` calls any image with the same members, weights
+and cut (:func:`load_ensemble`). Every submission gets a meta file naming the exact checkpoints (sha256),
+weights, operating point and cut behind it, and the ensemble is scored next to each single model on the
+run's validation split, so a leaderboard score can be traced back to its models and checked against them.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -23,27 +21,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score
-from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
-from .checkpoints import load_checkpoint, read_checkpoint
-from .config import WEIGHT_SCHEMES, Config
+from .checkpoints import file_sha256, load_checkpoint, read_checkpoint
+from .config import OPERATING_POINTS, WEIGHT_SCHEMES, Config
+from .cut import THRESHOLD, choose_threshold, crossfit_accuracy, weighted_fake_proba
 from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, file_number, load_test, load_validation
 from .errors import DeepfakeError
+from .evaluate import corrupted_sets, evaluation_sample
+from .frontier import choose_point, frontier_of, is_current
 from .inference import predict_fake_proba
 from .io import atomic_path, write_json
 from .metrics import classification_metrics
-from .plots import plot_models_overview
+from .plots import plot_frontier, plot_models_overview
 from .report import write_report
 from .results import load_results, load_run_config, results_path, update_results
 from .runtime import setup_runtime
 
 log = logging.getLogger(__name__)
 
-THRESHOLD = 0.5  # fake probability at or above which an image is called fake, unless validation picks another
 LOGODDS_CAP = math.log(999)  # a member perfect on validation counts as 99.9% accurate, not infinitely
-CROSSFIT_FOLDS = 5  # folds of the validation split for the honest estimate of the chosen threshold
 TRAIN_FIRST = "run `python deepfake_detection.py` first"
 
 
@@ -177,33 +174,6 @@ def ensemble_weights(val_metrics: dict[str, dict], scheme: str = "accuracy") -> 
     return {name: float(score) / total for name, score in scores.items()}
 
 
-def weighted_fake_proba(probs: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """Weighted mean of the members' fake probabilities, image by image."""
-    if set(probs) != set(weights):
-        raise ValueError(f"probabilities for {sorted(probs)} but weights for {sorted(weights)}")
-    names = list(weights)
-    return np.average(np.stack([probs[name] for name in names]), axis=0, weights=[weights[name] for name in names])
-
-
-def choose_threshold(labels: np.ndarray, fake_probs: np.ndarray) -> float:
-    """The fake-probability cut with the best validation accuracy, the one nearest 0.5 among ties.
-
-    Averaging members that lean the same way (all called too many images fake in the benchmark) shifts
-    the ensemble's best cut away from 0.5; ties go to 0.5, so the cut moves only where it wins images.
-    A one-class split cannot place a cut, so it keeps 0.5.
-    """
-    labels, fake_probs = np.asarray(labels), np.asarray(fake_probs, dtype=float)
-    if len(np.unique(labels)) < 2:
-        return THRESHOLD
-    cuts = np.unique(fake_probs)
-    candidates = np.concatenate([[THRESHOLD], (cuts[:-1] + cuts[1:]) / 2])
-    real, fake = np.sort(fake_probs[labels == 0]), np.sort(fake_probs[labels == 1])
-    # right at a cut: real images below it, fake images at or above it (sorted counts, so large splits stay cheap)
-    correct = np.searchsorted(real, candidates) + len(fake) - np.searchsorted(fake, candidates)
-    best = candidates[correct == correct.max()]
-    return float(best[np.argmin(np.abs(best - THRESHOLD))])
-
-
 def better_single(single: dict[str, dict], ensemble_accuracy: float) -> str | None:
     """The member whose validation accuracy beats the ensemble's, if one does.
 
@@ -215,22 +185,6 @@ def better_single(single: dict[str, dict], ensemble_accuracy: float) -> str | No
         return None
     name = max(single, key=lambda n: single[n]["accuracy"])
     return name if single[name]["accuracy"] > ensemble_accuracy else None
-
-
-def crossfit_accuracy(labels: np.ndarray, fake_probs: np.ndarray, seed: int = 0) -> float | None:
-    """Validation accuracy with each image called at a cut chosen on the other folds.
-
-    The accuracy at a cut chosen on the same images flatters it; this is what the choice is worth on
-    images it did not see. None when a class has fewer images than folds.
-    """
-    labels, fake_probs = np.asarray(labels), np.asarray(fake_probs, dtype=float)
-    if len(np.unique(labels)) < 2 or np.bincount(labels).min() < CROSSFIT_FOLDS:
-        return None
-    correct = 0
-    for fit, held in StratifiedKFold(CROSSFIT_FOLDS, shuffle=True, random_state=seed).split(fake_probs, labels):
-        cut = choose_threshold(labels[fit], fake_probs[fit])
-        correct += int(accuracy_score(labels[held], fake_probs[held] >= cut, normalize=False))
-    return correct / len(labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,11 +248,6 @@ def probability_table(test: ImageSet, indices: list[int], member_probs: dict[str
     return table.sort_values("index", kind="stable")
 
 
-def sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _is_labelled(images: ImageSet) -> bool:
     return len(images) > 0 and bool((images.labels >= 0).all())
 
@@ -320,7 +269,8 @@ class Ensemble:
     results: dict
     members: list[Member]
     models: dict[str, nn.Module]
-    scheme: str
+    scheme: str | None  # --weights, when it (not an operating point) set the weights
+    operating_point: dict | None  # the frontier point the weights come from, with its validation figures
     weights: dict[str, float]
     threshold: float
     threshold_from: str  # "validation" or "--threshold"
@@ -337,7 +287,9 @@ class Ensemble:
 def load_ensemble(
     checkpoint_dir: str | Path = "checkpoints",
     *,
-    scheme: str = "accuracy",
+    operating_point: str | None = None,
+    min_clean: float | None = None,
+    scheme: str | None = None,
     threshold: float | None = None,
     checkpoints: list[str | Path] | None = None,
     device: str = "auto",
@@ -345,12 +297,20 @@ def load_ensemble(
     """load run -> weigh -> cut: the members (every final checkpoint, or ``checkpoints``), their weights and
     the cut, as the submission uses them.
 
-    ``threshold`` None: the cut is chosen on the validation split (:func:`choose_threshold`). A missing run
-    or split and a broken checkpoint fail here, before any other image is read.
+    The weights are an operating point of the members' frontier (default ``balanced``; ``min_clean`` a floor on
+    its clean validation accuracy), or ``scheme``'s. ``threshold`` None: the cut is chosen on the validation
+    split (:func:`choose_threshold`). A missing run or split and a broken checkpoint fail here, before any
+    other image is read.
     """
     checkpoint_dir = Path(checkpoint_dir)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise EnsembleError(f"--threshold {threshold} is not a probability strictly between 0 and 1")
+    if scheme is not None and (operating_point is not None or min_clean is not None):
+        raise EnsembleError("--weights sets the weights itself, so --operating-point and --min-clean do not apply: "
+                            "pass one or the other")
+    if min_clean is not None and not 0.0 <= min_clean <= 1.0:
+        raise EnsembleError(f"--min-clean {min_clean} is not an accuracy between 0 and 1")
+    operating_point = None if scheme is not None else operating_point or OPERATING_POINTS[0]
 
     # Load run
     config = load_run_config(checkpoint_dir)
@@ -363,10 +323,23 @@ def load_ensemble(
     members = trained_on_this_split(members, split_file, split.get("data_id"), explicit=bool(checkpoints))
 
     # Weigh
-    weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
+    point = None
+    if operating_point is None:
+        weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
+    else:
+        frontier = members_frontier(members, results, checkpoint_dir, val, config, torch_device,
+                                    store=not checkpoints)
+        point = {"name": operating_point, "min_clean": min_clean,
+                 **choose_point(frontier["points"], operating_point, min_clean)}
+        named = next((o for o in frontier["operating_points"].values()
+                      if frontier["points"][o["point"]]["weights"] == point["weights"]), {})
+        point.update({k: v for k, v in named.items() if k != "point"})  # its attacks at 2/255 and by APGD-CE
+        weights = point["weights"]
+        members = [m for m in members if weights[m.name] > 0]
+        weights = {m.name: weights[m.name] for m in members}
     for member in members:
-        log.info("ensemble member %s: weight %.4f (%s) <- %s", member.name, weights[member.name], scheme,
-                 member.checkpoint)
+        log.info("ensemble member %s: weight %.4f (%s) <- %s", member.name, weights[member.name],
+                 scheme or f"operating point {operating_point}", member.checkpoint)
 
     # Cut
     models = load_models(members, torch_device)
@@ -375,10 +348,27 @@ def load_ensemble(
     chosen = threshold is None
     return Ensemble(
         config=config, device=torch_device, results=results, members=members, models=models, scheme=scheme,
-        weights=weights, threshold=choose_threshold(val.labels, val_probs) if chosen else float(threshold),
+        operating_point=point, weights=weights,
+        threshold=choose_threshold(val.labels, val_probs) if chosen else float(threshold),
         threshold_from="validation" if chosen else "--threshold", val=val, val_member_probs=val_member_probs,
         val_probs=val_probs,
     )
+
+
+def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path, val: ImageSet, config: Config,
+                     device: torch.device, store: bool) -> dict:
+    """The frontier the evaluation measured for exactly these checkpoints, else measured now (minutes: one
+    PGD attack per weighting) and, with ``store``, kept in results.json for the next call."""
+    checkpoints = {m.name: m.checkpoint for m in members}
+    if is_current(results.get("frontier"), checkpoints):
+        return results["frontier"]
+    log.info("results.json holds no frontier for these checkpoints; measuring it now")
+    sample = evaluation_sample(val.labels, config.eval_max_images, config.seed)
+    corrupted = corrupted_sets(val.images[sample], config.corruption_severities, config.seed)
+    frontier = frontier_of(checkpoints, val, sample, corrupted, config, device)
+    if store:
+        results.update(update_results(results_path(checkpoint_dir), lambda r: r.update(frontier=frontier)))
+    return frontier
 
 
 def run_ensemble(
@@ -386,7 +376,9 @@ def run_ensemble(
     *,
     test_dir: str | Path | None = None,
     output: str | Path = "submission.json",
-    scheme: str = "accuracy",
+    operating_point: str | None = None,
+    min_clean: float | None = None,
+    scheme: str | None = None,
     threshold: float | None = None,
     checkpoints: list[str | Path] | None = None,
     probabilities: str | Path | None = None,
@@ -401,8 +393,8 @@ def run_ensemble(
     """
     started = time.perf_counter()
     checkpoint_dir, output = Path(checkpoint_dir), Path(output)
-    ensemble = load_ensemble(checkpoint_dir, scheme=scheme, threshold=threshold, checkpoints=checkpoints,
-                             device=device)
+    ensemble = load_ensemble(checkpoint_dir, operating_point=operating_point, min_clean=min_clean, scheme=scheme,
+                             threshold=threshold, checkpoints=checkpoints, device=device)
     config, members, weights, val = ensemble.config, ensemble.members, ensemble.weights, ensemble.val
     threshold, val_probs = ensemble.threshold, ensemble.val_probs
 
@@ -427,11 +419,12 @@ def run_ensemble(
         "submission": str(output),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "scheme": scheme,
+        "operating_point": ensemble.operating_point,
         "threshold": threshold,
         "threshold_from": ensemble.threshold_from,
         "threshold_check": threshold_check,
         "members": [
-            {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": sha256(m.checkpoint),
+            {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": file_sha256(m.checkpoint),
              "weight": weights[m.name], "val_metrics": m.val_metrics}
             for m in members
         ],
@@ -465,6 +458,7 @@ def record_ensemble(checkpoint_dir: Path, viz_dir: str | Path, meta: dict) -> No
     """Add the ensemble to results.json, then redraw the overview figure and the report from it."""
     entry = {
         "scheme": meta["scheme"],
+        "operating_point": meta["operating_point"],
         "threshold": meta["threshold"],
         "threshold_from": meta["threshold_from"],
         "members": {m["name"]: {"checkpoint": m["checkpoint"], "weight": m["weight"]} for m in meta["members"]},
@@ -478,6 +472,7 @@ def record_ensemble(checkpoint_dir: Path, viz_dir: str | Path, meta: dict) -> No
         "created": meta["created"],
     }
     results = update_results(results_path(checkpoint_dir), lambda r: r.update(ensemble=entry))
+    plot_frontier(results, viz_dir)
     plot_models_overview(results, viz_dir)
     write_report(results, viz_dir)
 

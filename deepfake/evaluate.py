@@ -28,11 +28,12 @@ from .config import Config
 from .corruptions import CORRUPTIONS, corrupt
 from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, load_validation, to_tensor
 from .explain import gradcam, target_layer_name
+from .frontier import frontier_of, weight_label
 from .inference import count_correct, fake_proba, predict_fake_proba, to_float
 from .metrics import classification_metrics
 from .plots import (PHASE_TITLES, attack_accuracy, eps_label, figure_names, headline_epsilons, plot_adversarial_grid,
-                    plot_attack_comparison, plot_corruptions, plot_evaluation, plot_gradcam, plot_models_overview,
-                    plot_training_curves)
+                    plot_attack_comparison, plot_corruptions, plot_evaluation, plot_frontier, plot_gradcam,
+                    plot_models_overview, plot_training_curves)
 from .report import write_report
 from .results import load_results, results_path, timed, update_results
 
@@ -71,6 +72,13 @@ def evaluate_run(config: Config, device: torch.device) -> dict:
             plot_training_curves(results["models"][name]["history"], name,
                                  Path(config.viz_dir) / figure_names(name)["training_curves"])
         _log_summary(name, evaluation)
+    finals = {name: checkpoint_dir / f"{name}_final.pt" for name, entry in results["models"].items()
+              if "final" in entry.get("checkpoints", {})}
+    if finals:
+        frontier = frontier_of(finals, val, sample, corrupted, config, device)
+        results = update_results(path, lambda r: r.update(frontier=frontier))
+        _log_frontier(frontier)
+        plot_frontier(results, config.viz_dir)
     plot_models_overview(results, config.viz_dir)
     log.info("figures and report in %s", write_report(results, config.viz_dir).parent)
     return results
@@ -263,6 +271,15 @@ def showcase_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+def _log_frontier(frontier: dict) -> None:
+    for name, operating in frontier["operating_points"].items():
+        point = frontier["points"][operating["point"]]
+        log.info("ensemble, %s (%s): clean %.4f | attacked whole, PGD 2/255 %.4f, 8/255 %.4f", name,
+                 weight_label(point["weights"]), point["clean_accuracy"], operating["pgd_2/255"],
+                 operating["pgd_8/255"])
+    log.info("frontier measured in %.0fs", frontier["seconds"])
+
 
 def _log_summary(name: str, evaluation: dict) -> None:
     eps = headline_epsilons(evaluation["settings"]["epsilons"])[0]

@@ -27,6 +27,8 @@ PHASE_COLORS = {"base": "#7f7f7f", "final": "#d62728"}
 ATTACK_TITLES = {"fgsm": "FGSM", "pgd": "PGD"}
 RIGHT, WRONG = "#1a7f37", "#d62728"
 OVERVIEW_NAME = "models_overview.png"
+FRONTIER_NAME = "ensemble_frontier.png"
+OPERATING_MARKERS = {"accurate": "s", "balanced": "D", "robust": "^"}
 HEADLINE_EPSILONS = (8 / 255, 0.03)  # the field's standard L-inf budget, and one the fine-tuning trained at
 
 
@@ -227,9 +229,13 @@ def plot_models_overview(results: dict, viz_dir: str | Path) -> Path:
     ensemble = results.get("ensemble")
     with _figure(1, 2, (16, 5.2)) as (fig, (robust_ax, clean_ax)):
         measures = _overview_measures(evaluated)
-        width = 0.8 / max(1, len(evaluated))
+        deployed = _deployed_measures(results, next(iter(measures.values()), {}))
+        if deployed:
+            measures[deployed.pop("name")] = deployed
+        width = 0.8 / max(1, len(measures))
         for i, (name, values) in enumerate(measures.items()):
-            bars = robust_ax.bar(np.arange(len(values)) + i * width, list(values.values()), width, label=name)
+            bars = robust_ax.bar(np.arange(len(values)) + i * width, list(values.values()), width, label=name,
+                                 hatch="//" if name.startswith("ensemble") else None)
             robust_ax.bar_label(bars, fmt="%.2f", fontsize=8)
         labels = list(next(iter(measures.values()), {}))
         robust_ax.set_xticks(np.arange(len(labels)) + width * (len(measures) - 1) / 2, labels)
@@ -263,6 +269,36 @@ def plot_models_overview(results: dict, viz_dir: str | Path) -> Path:
     return save_figure(fig, Path(viz_dir) / OVERVIEW_NAME)
 
 
+def plot_frontier(results: dict, viz_dir: str | Path) -> Path | None:
+    """The ensemble's accuracy-robustness frontier: a point per weighting of its members (each alone included),
+    clean validation accuracy against accuracy under PGD at 8/255 attacked whole, the operating points and
+    the submitted weighting marked. None when the run has no frontier yet."""
+    frontier = results.get("frontier")
+    if not frontier:
+        return None
+    points = frontier["points"]
+    clean = [p["clean_accuracy"] if p["crossfit_accuracy"] is None else p["crossfit_accuracy"] for p in points]
+    attacked = [p["pgd_8/255"] for p in points]
+    submitted = (results.get("ensemble") or {}).get("operating_point") or {}
+    with _figure(1, 1, (8, 6)) as (fig, ax):
+        ax.plot(attacked, clean, "o", color="#1f77b4", alpha=0.6, label="a weighting of the members")
+        for p, x, y in zip(points, attacked, clean):
+            ax.annotate(" + ".join(f"{w:.2g} {n}" for n, w in p["weights"].items() if w > 0), (x, y), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        for name, operating in frontier["operating_points"].items():
+            i = operating["point"]
+            ax.plot(attacked[i], clean[i], OPERATING_MARKERS.get(name, "o"), ms=11, mfc="none", mew=1.5,
+                    label=f"operating point: {name}")
+        if submitted.get("weights") in [p["weights"] for p in points]:
+            i = [p["weights"] for p in points].index(submitted["weights"])
+            ax.plot(attacked[i], clean[i], "*", ms=16, color="#d62728", label=f"submitted ({submitted['name']})")
+        ax.set(xlabel=f"validation accuracy under PGD-{frontier['pgd_steps']} at 8/255, attacked whole ({frontier['n_sample']} images)",
+               ylabel=f"clean validation accuracy, cut cross-fitted ({frontier['n_val']} images)",
+               xlim=(0, max(1e-3, max(attacked)) * 1.15 + 0.02), title="The ensemble's accuracy-robustness frontier")
+        ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, Path(viz_dir) / FRONTIER_NAME)
+
+
 def _overview_measures(evaluated: dict) -> dict[str, dict[str, float]]:
     measures = {}
     for name, evaluation in evaluated.items():
@@ -274,6 +310,25 @@ def _overview_measures(evaluated: dict) -> dict[str, dict[str, float]]:
         values["corrupted (mean)"] = final["corrupted_mean_accuracy"]
         measures[name] = values
     return measures
+
+
+def _deployed_measures(results: dict, member_measures: dict[str, float]) -> dict | None:
+    """The submitted operating point (the default one before ``ensemble.py`` ran) on the members' measures:
+    clean accuracy (cut cross-fitted), PGD 8/255 as PGD on the ensemble attacked whole, the corruptions' mean;
+    the rest not measured. None without a frontier or with one member."""
+    frontier = results.get("frontier")
+    if not frontier or len(frontier["members"]) < 2 or not member_measures:
+        return None
+    name = ((results.get("ensemble") or {}).get("operating_point") or {}).get("name")
+    name = name if name in frontier["operating_points"] else next(iter(frontier["operating_points"]))
+    point = frontier["points"][frontier["operating_points"][name]["point"]]
+    values = {
+        "clean": point["clean_accuracy"] if point["crossfit_accuracy"] is None else point["crossfit_accuracy"],
+        f"PGD {eps_label(8 / 255)}": point["pgd_8/255"],
+        "corrupted (mean)": float(np.mean(list(point["corruption_accuracy"].values()))),
+    }
+    return {"name": f"ensemble, {name} (attacked whole)",
+            **{key: values.get(key, np.nan) for key in member_measures}}
 
 
 def _corruption_table(phase_evaluation: dict) -> tuple[np.ndarray, list[str], list[str]]:

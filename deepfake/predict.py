@@ -218,7 +218,9 @@ def run_predict(
     checkpoints: list[str | Path] | None = None,
     output: str | Path | None = None,
     explain_dir: str | Path | None = None,
-    scheme: str = "accuracy",
+    operating_point: str | None = None,
+    min_clean: float | None = None,
+    scheme: str | None = None,
     threshold: float | None = None,
     device: str = "auto",
 ) -> Summary:
@@ -239,8 +241,8 @@ def run_predict(
     if total == 0:
         raise NothingScoredError(f"no PNG, JPEG, WebP or BMP files in {', '.join(map(str, paths))}")
 
-    ensemble = load_ensemble(checkpoint_dir, scheme=scheme, threshold=threshold, checkpoints=checkpoints,
-                             device=device)  # sets up the log too
+    ensemble = load_ensemble(checkpoint_dir, operating_point=operating_point, min_clean=min_clean, scheme=scheme,
+                             threshold=threshold, checkpoints=checkpoints, device=device)  # sets up the log too
     size = ensemble.config.image_size
     summary = Summary(ensemble.threshold, ensemble.threshold_from, size, ignored=ignored)
     if ignored:

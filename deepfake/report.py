@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .data import CLASS_NAMES
 from .io import write_text
-from .plots import OVERVIEW_NAME, PHASE_SHORT, attack_accuracy, eps_label, figure_names, headline_epsilons
+from .plots import FRONTIER_NAME, OVERVIEW_NAME, PHASE_SHORT, attack_accuracy, eps_label, figure_names, headline_epsilons
 from .results import kept_epochs
 
 REPORT_NAME = "report.md"
@@ -37,6 +37,7 @@ def write_report(results: dict, viz_dir: str | Path) -> Path:
         _run_info(results),
         _summary(models, viz_dir),
         _ensemble(results.get("ensemble")),
+        _frontier(results, viz_dir),
         *(_model_section(name, entry, viz_dir) for name, entry in models.items()),
     ]
     path = viz_dir / REPORT_NAME
@@ -110,7 +111,8 @@ def _ensemble(ensemble: dict | None) -> str:
     for name, metrics in ensemble.get("single", {}).items():
         weight = members.get(name, {}).get("weight")
         rows.append((name, *(_num(metrics.get(m)) for m in CLEAN_METRICS), _num(weight)))
-    weights = f", {ensemble['scheme']} weights" if ensemble.get("scheme") else ""
+    point = (ensemble.get("operating_point") or {}).get("name")
+    weights = f", {ensemble['scheme']} weights" if ensemble.get("scheme") else f", operating point {point}" if point else ""
     lines = [f"## Ensemble vs single models (validation{weights})",
              _table(("model", *CLEAN_METRICS, "weight"), rows)]
     if check:
@@ -132,6 +134,40 @@ def _ensemble(ensemble: dict | None) -> str:
     if ensemble.get("submission"):
         lines.append(f"Submission: `{ensemble['submission']}`")
     return "\n\n".join(lines)
+
+
+def _frontier(results: dict, viz_dir: Path) -> str:
+    """The operating points and each member alone, the ensemble attacked whole, and the frontier figure."""
+    frontier = results.get("frontier")
+    if not frontier:
+        return ""
+    points, steps = frontier["points"], frontier["pgd_steps"]
+    submitted = ((results.get("ensemble") or {}).get("operating_point") or {}).get("weights")
+    rows = []
+    for name, operating in frontier["operating_points"].items():
+        point = points[operating["point"]]
+        rows.append((f"**{name}**" + (" (submitted)" if point["weights"] == submitted else ""), *_point_row(point),
+                     _num(operating.get("pgd_2/255")), _num(operating.get("apgd_ce_8/255"))))
+    rows += [(f"{next(n for n, w in p['weights'].items() if w == 1.0)} alone", *_point_row(p), "", "")
+             for p in points if max(p["weights"].values()) == 1.0]
+    lines = ["## The ensemble attacked whole: its accuracy-robustness frontier",
+             f"Each weighting of the members is attacked as one model, exactly as submitted (weights, cut, flip "
+             f"TTA): {frontier['attack']}, on {frontier['n_sample']} validation images; clean accuracy on "
+             f"{frontier['n_val']}, each image called at a cut chosen on the other folds. The weighting itself is "
+             f"chosen on these images, so the figures flatter the chosen point a little. "
+             f"`python ensemble.py --operating-point accurate|balanced|robust` picks one.",
+             _table(("operating point", "weights", "cut", "clean", "corrupted (mean)", f"PGD-{steps} 8/255",
+                     f"PGD-{steps} 2/255", f"APGD-CE-{steps} 8/255"), rows)]
+    if (viz_dir / FRONTIER_NAME).exists():
+        lines.append(f"![Frontier]({FRONTIER_NAME})")
+    return "\n\n".join(lines)
+
+
+def _point_row(point: dict) -> tuple[str, ...]:
+    clean = point["clean_accuracy"] if point["crossfit_accuracy"] is None else point["crossfit_accuracy"]
+    weights = " + ".join(f"{w:.2g} {n}" for n, w in point["weights"].items() if w > 0)
+    corrupted = sum(point["corruption_accuracy"].values()) / max(1, len(point["corruption_accuracy"]))
+    return weights, f"{point['threshold']:.3f}", _num(clean), _num(corrupted), _num(point["pgd_8/255"])
 
 
 def _model_section(name: str, entry: dict, viz_dir: Path) -> str:

@@ -67,15 +67,20 @@ def test_summary_table_lands_in_results_and_between_the_readme_markers(benchmark
               "stage_seconds": {"deepfake_detection.py": 600.0}, "date": "d", "machine": "m", "pipeline_command": "p",
               "split": {"pipeline_images": 980, "unseen_images": 420, "seed": 2025},
               "unseen": {"lite0": model(0.93, (0.5, 0.25)), "resnet_se": model(0.88, (0.75, 0.375)),
-                         "ensemble": model(0.91)},
+                         "ensemble": {"submitted": "balanced", "points": {
+                             "accurate": {**model(0.93, (0.5, 0.02)), "weights": {"lite0": 1.0}, "threshold": 0.5},
+                             "balanced": {**model(0.92, (0.7, 0.33)), "weights": {"lite0": 0.4, "resnet_se": 0.6},
+                                          "threshold": 0.47}}}},
               "run": {"models": {name: {"pretrained": name == "lite0", "val_base": None, "val_final": None,
                                         "best_epoch": 8} for name in ("lite0", "resnet_se")}, "timings": {}}}
     (tmp_path / "results_pretrained.json").write_text(json.dumps(report))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n" + "\nstale\n".join(benchmark.README_MARKERS) + "\noutro\n")
     benchmark.write_results_markdown(tmp_path, readme)
-    row = ("| `--preset pretrained` | lite0 (ImageNet) 93.0 | 91.0 | lite0 (ImageNet): 50.0 / 25.0; resnet_se: 75.0 / 37.5 "
-           "| 80.0 / 70.0 / 60.0 | 10.0 min |")
+    row = ("| `--preset pretrained` | lite0 (ImageNet) 93.0 | balanced: 92.0 / 70.0 / 33.0 | 93.0 / 2.0 · 92.0 / 33.0 "
+           "| lite0 (ImageNet): 50.0 / 25.0; resnet_se: 75.0 / 37.5 | 80.0 / 70.0 / 60.0 | 10.0 min |")
     assert row in readme.read_text() and "stale" not in readme.read_text()
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")
     assert row in (tmp_path / "RESULTS.md").read_text() and "Levers" not in (tmp_path / "RESULTS.md").read_text()
+    assert ("| balanced (submitted) | 0.4 lite0 + 0.6 resnet_se | 0.470 | 92.0 | 92.0 | 92.0 | 70.0 | 33.0 | n/a "
+            "| 80.0 | 70.0 | 60.0 |") in (tmp_path / "RESULTS.md").read_text()

@@ -129,7 +129,7 @@ def test_submission_rows_are_the_exact_schema_sorted_by_index():
 def test_ensemble_of_the_training_run_writes_submission_meta_probabilities_and_report(run_dir, tmp_path, caplog):
     output, table_file = tmp_path / "out" / "submission.json", tmp_path / "probabilities.csv"
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        assert run_cli(run_dir, output, "--probabilities", str(table_file)) == 0
+        assert run_cli(run_dir, output, "--probabilities", str(table_file), "--weights", "accuracy") == 0
 
     results = load_results(results_path(run_dir))
     rows = read_json(output)
@@ -181,7 +181,7 @@ def test_a_model_that_beats_the_ensemble_on_validation_is_named_with_the_command
 
     monkeypatch.setattr("deepfake.ensemble.better_single", resnet_wins)
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        assert run_cli(run_dir, tmp_path / "submission.json") == 0
+        assert run_cli(run_dir, tmp_path / "submission.json", "--weights", "accuracy") == 0
 
     meta = read_json(tmp_path / "submission.meta.json")
     crossfit = meta["threshold_check"]["val_accuracy_crossfit"]
@@ -231,7 +231,7 @@ def test_ensemble_of_identical_models_equals_the_model(run_dir, resnet_checkpoin
     table_file = tmp_path / "probabilities.csv"
     assert run_cli(run_dir, tmp_path / "submission.json", "--test-dir", str(demo_images[0].parent),
                    "--checkpoints", ",".join(map(str, copies)), "--probabilities", str(table_file),
-                   "--threshold", "0.5") == 0
+                   "--threshold", "0.5", "--weights", "accuracy") == 0
 
     table = pd.read_csv(table_file)
     images, _ = load_images(list(table["file"]))
@@ -268,7 +268,7 @@ def test_a_model_trained_on_another_split_is_left_out_or_refused(run_dir, tiny_r
     foreign["metrics"]["data_id"] = "another-split"
     torch.save(foreign, run_dir / "efficientnet_b0_final.pt")  # found before the recorded path (a copied run)
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        assert run_cli(run_dir, tmp_path / "submission.json") == 0
+        assert run_cli(run_dir, tmp_path / "submission.json", "--weights", "accuracy") == 0
     members = read_json(tmp_path / "submission.meta.json")["members"]
     assert {m["name"] for m in members} == {"convnext_tiny", "resnet_se"}
     assert f"efficientnet_b0 ({run_dir / 'efficientnet_b0_final.pt'}) was not trained on the split" in caplog.text

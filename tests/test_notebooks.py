@@ -34,7 +34,7 @@ def run_with_ensemble(tiny_run, tmp_path_factory) -> Path:
     results = load_results(results_path(tiny_run.checkpoint_dir))
     results["config"].update(checkpoint_dir=str(checkpoint_dir), viz_dir=str(root / "visualizations"))
     write_json(results_path(checkpoint_dir), results)
-    run_ensemble(checkpoint_dir, output=root / "submission.json", device="cpu")
+    run_ensemble(checkpoint_dir, output=root / "submission.json", scheme="accuracy", device="cpu")
     return checkpoint_dir
 
 

@@ -62,7 +62,8 @@ def photos(tmp_path, demo_images) -> tuple[Path, list[Path]]:
 
 def test_a_single_file_gets_one_line_and_one_record(checkpoint_dir, demo_images, tmp_path, capsys):
     image, output = demo_images[0], tmp_path / "one.json"
-    assert predict(image, "--checkpoint-dir", checkpoint_dir, "--threshold", "0.5", "--output", output) == 0
+    assert predict(image, "--checkpoint-dir", checkpoint_dir, "--threshold", "0.5", "--output", output,
+                   "--weights", "accuracy") == 0
 
     [record] = json.loads(output.read_text())
     assert list(record) == ["path", "proba_ensemble", "proba_convnext_tiny", "proba_efficientnet_b0",
@@ -107,20 +108,23 @@ def test_a_folder_is_searched_recursively_and_bad_files_are_named_and_skipped(ch
             f"skipped 2 unreadable files; ignored 1 non-image file; resized 1 to 32x32, converted 1 to RGB") in out
 
 
-def test_probabilities_and_calls_are_the_ensembles_for_the_same_images(run_dir, demo_dir, tmp_path, capsys):
+@pytest.mark.parametrize("choice", [["--operating-point", "robust"], ["--weights", "accuracy"]])
+def test_probabilities_and_calls_are_the_ensembles_for_the_same_images(run_dir, demo_dir, tmp_path, capsys, choice):
     test_dir, table_file = demo_dir / "test", tmp_path / "probabilities.csv"
     assert ensemble_main(["--checkpoint-dir", str(run_dir), "--output", str(tmp_path / "submission.json"),
-                          "--test-dir", str(test_dir), "--probabilities", str(table_file), "--device", "cpu"]) == 0
+                          "--test-dir", str(test_dir), "--probabilities", str(table_file), "--device", "cpu",
+                          *choice]) == 0
     submitted = pd.read_csv(table_file).set_index("file")
     threshold = json.loads((tmp_path / "submission.meta.json").read_text())["threshold"]
     capsys.readouterr()
 
-    assert predict(test_dir, "--checkpoint-dir", run_dir, "--output", tmp_path / "predictions.csv") == 0
+    assert predict(test_dir, "--checkpoint-dir", run_dir, "--output", tmp_path / "predictions.csv", *choice) == 0
     called = pd.read_csv(tmp_path / "predictions.csv").set_index("path")
     assert sorted(called.index) == sorted(submitted.index) and len(called) == 20
     called = called.loc[submitted.index]
     probability_columns = [c for c in submitted.columns if c.startswith("proba_")]
-    assert len(probability_columns) == 4 and set(probability_columns) < set(called.columns)
+    members = len(json.loads((tmp_path / "submission.meta.json").read_text())["members"])
+    assert len(probability_columns) == members + 1 and set(probability_columns) < set(called.columns)
     np.testing.assert_allclose(called[probability_columns], submitted[probability_columns], rtol=1e-6)
     assert (called["prediction"] == submitted["prediction"]).all()
     out = capsys.readouterr().out
@@ -165,7 +169,8 @@ def test_explain_draws_each_images_call_with_every_models_grad_cam(checkpoint_di
     monkeypatch.setattr(predict_module, "gradcam",
                         lambda model, x, classes: targets.append(list(classes)) or gradcam(model, x, classes))
     explain, output = tmp_path / "explanations", tmp_path / "predictions.csv"
-    assert predict(folder, "--checkpoint-dir", checkpoint_dir, "--explain", explain, "--output", output) == 0
+    assert predict(folder, "--checkpoint-dir", checkpoint_dir, "--explain", explain, "--output", output,
+                   "--weights", "accuracy") == 0
 
     assert sorted(p.name for p in explain.iterdir()) == ["cat-2.png", "cat.png", "dog.png"]
     assert [path.name for *_, path in drawn] == ["dog.png", "cat.png", "cat-2.png"]
