@@ -1,11 +1,13 @@
 """Training batches: the worker processes a GPU run uses draw exactly the jitter the CPU run draws in-process."""
 import numpy as np
+import pytest
 import torch
 
 from deepfake.batches import EpochPlan, JitteredBatches, batch_loader, worker_count
 from deepfake.data import augment, to_tensor, train_transform
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 2 workers on a 1-core test host
 def test_worker_processes_make_the_batches_the_training_process_makes():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
