@@ -33,8 +33,8 @@ from benchmarks.common import REPO, command_as_typed, report_stamp
 from deepfake.config import MODEL_NAMES, Config, make_config
 from deepfake.io import write_text
 from deepfake.models import build_from_config
+from deepfake.precision import native_bf16
 from deepfake.runtime import setup_runtime
-from deepfake.train import bf16_is_fast
 
 OUTPUT = REPO / "benchmarks" / "STEP_SPEED.md"
 EVAL_IMAGES = 196  # the benchmark's validation split: one evaluation batch
@@ -104,7 +104,7 @@ def main() -> int:
     unknown = sorted(set(models) - set(MODEL_NAMES))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
-    precisions = ["float32", "bfloat16"] if bf16_is_fast(device) else ["float32"]
+    precisions = ["float32", "bfloat16"] if native_bf16(device) else ["float32"]
     rows = []
     for name in models:
         for precision in precisions:

@@ -17,9 +17,10 @@ from .errors import ConfigError
 MODEL_NAMES = ("convnext_tiny", "efficientnet_b0", "resnet_se")
 AUGMENTATIONS = ("lossless", "seed")  # see data.train_transform and data.sample_transform
 SELECT_METRICS = ("accuracy", "auc")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # of the training steps (deepfake/precision.py)
 WEIGHT_SCHEMES = ("equal", "accuracy", "auc", "logodds")  # how ensemble.py weighs each model (deepfake.ensemble)
 OPERATING_POINTS = ("balanced", "accurate", "robust")  # ensemble.py's default first (deepfake.frontier)
-CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS}
+CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS, "precision": PRECISIONS}
 MODEL_LISTS = ("models", "spectrum_models", "bf16_models", "bf16_crafting")  # each name: the zoo's or timm's
 
 
@@ -42,7 +43,10 @@ class Config:
     weights_dir: str = ""  # folder of <timm name>.safetensors/.pth/.bin files, tried before the hub
     spectrum_models: tuple[str, ...] = ()  # models that get a Fourier-spectrum head (models.SpectrumHead)
     threads: int = 0  # torch CPU threads; 0 = all cores
-    bf16_models: tuple[str, ...] = ()  # models trained under bfloat16 autocast where the hardware has it (train.py)
+    # auto: bfloat16 autocast on GPUs that compute it natively, float16 with a gradient scaler on older ones, and
+    # on a CPU bfloat16 for bf16_models where it is native, else float32; fp32 | fp16 | bf16: that, every model
+    precision: str = "auto"
+    bf16_models: tuple[str, ...] = ()  # models that precision=auto trains under bfloat16 autocast on a CPU
     # Data
     image_size: int = 32  # pixels; other sizes are resized on load
     input_size: int = 0  # side the timm members see, resized inside the model (models.Resize); 0 = image_size
@@ -75,8 +79,8 @@ class Config:
     fgsm_random_start: bool = False  # "Fast is better than free" style start
     finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
     finetune_anchor: float = 0.0  # > 0: weight of KL(base model || model) on phase 2's clean share (train._batch_loss)
-    # bf16_models named here also craft phase 2's adversarial share and compute its anchor targets under bfloat16
-    # autocast, not only the training steps (train._phase2_precision); evaluation's attacks stay float32 either way
+    # bf16_models named here also craft phase 2's adversarial share and compute its anchor targets in the training
+    # steps' precision when that is bfloat16 (train._phase2_precision); else, and in evaluation, attacks are float32
     bf16_crafting: tuple[str, ...] = ()
     # Generated samples (from the training split only)
     augment_per_class: int = 250
@@ -112,7 +116,7 @@ class Config:
 
 # Fields that decide what a trained model is; changing any of them invalidates checkpoints.
 TRAINING_KEYS = (
-    "seed", "pretrained", "weights_dir", "spectrum_models", "bf16_models", "image_size", "input_size",
+    "seed", "pretrained", "weights_dir", "spectrum_models", "precision", "bf16_models", "image_size", "input_size",
     "pretrained_epochs", "backbone_lr_scale", "val_fraction", "augmentation",
     "corruption_prob", "model_corruption_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay",
     "base_epochs", "patience", "select_metric", "average_epochs", "warmup_epochs", "label_smoothing",

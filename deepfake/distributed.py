@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .errors import DeepfakeError
+
 T = TypeVar("T")
 
 
@@ -113,16 +115,47 @@ def sync_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+class RankFailedError(DeepfakeError):
+    """Another rank failed in a section every rank runs: this rank stops too, with that rank's message."""
+
+
 def main_first(make: Callable[[], T]) -> T:
-    """``make()`` on rank 0, then on the others, which so read what rank 0 wrote (samples made once)."""
+    """``make()`` on rank 0, then on the others, which so read what rank 0 wrote (samples made once).
+
+    A rank whose ``make()`` raises stops every rank at once: it raises its own error, and every other rank a
+    RankFailedError with that error's one line, instead of waiting in a collective until the backend times out.
+    """
     if not is_distributed():
         return make()
-    if is_main():
-        made = make()
-        barrier()
-        return made
-    barrier()
-    return make()
+    made, error = _attempt(make) if is_main() else (None, None)
+    _stop_if_failed(broadcast(_one_line(error)), error)
+    if not is_main():
+        made, error = _attempt(make)
+    lines = [None] * world_size()
+    dist.all_gather_object(lines, _one_line(error))
+    _stop_if_failed(next((line for line in lines if line), None), error)
+    return made
+
+
+def _attempt(make: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    try:
+        return make(), None
+    except Exception as error:  # any kind: each would leave the other ranks waiting
+        return None, error
+
+
+def _one_line(error: Exception | None) -> str | None:
+    if error is None:
+        return None
+    return f"rank {rank()} failed: {error if isinstance(error, DeepfakeError) else repr(error)}"
+
+
+def _stop_if_failed(failure: str | None, own_error: Exception | None) -> None:
+    """Raise this rank's own error, else another rank's ``failure`` line; nothing when every rank succeeded."""
+    if own_error is not None:
+        raise own_error
+    if failure is not None:
+        raise RankFailedError(failure)
 
 
 def cleanup() -> None:

@@ -209,6 +209,7 @@ class _ModelTrainer:
             entry.setdefault("images_per_second", {})[settings.name] = outcome.images_per_second
             entry.setdefault("wall_seconds", {})[settings.name] = outcome.seconds
             entry.setdefault("precision", {})[settings.name] = outcome.precision
+            entry.setdefault("precision_why", {})[settings.name] = outcome.precision_why
             if settings.name == "base":
                 entry["best_epoch"], entry["averaged_epochs"] = outcome.best_epoch, outcome.averaged_epochs
             results["timings"] = timings

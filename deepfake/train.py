@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 import math
 import time
@@ -23,12 +22,14 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .attacks import fgsm, pgd, sample_epsilons
+from .batches import EpochPlan, JitteredBatches, batch_loader, worker_count
 from .config import Config
-from .data import ImageSet, augment, to_tensor, train_transform
+from .data import ImageSet, to_tensor, train_transform
 from .errors import DeepfakeError
 from .inference import predict_fake_proba, to_float
 from .metrics import classification_metrics
 from .models import head_parameters
+from .precision import training_precision
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ class PhaseSettings:
     adv_ratio: float
     patience: int | None  # None: keep the last epoch (no early stopping)
     corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
-    bf16: bool = False  # bfloat16 autocast for the training steps; validation (and crafting, _phase2_precision) float32
-    bf16_crafting: bool = False  # phase 2 crafts its attacks and anchor targets in the training step's precision
+    bf16: bool = False  # in config.bf16_models: precision=auto trains it in bfloat16 on a CPU that computes it natively
+    bf16_crafting: bool = False  # phase 2 crafts its attacks and anchor targets in the training step's bfloat16
     anchor: float = 0.0  # weight of KL(the phase's starting weights || the model) on the clean share (_batch_loss)
     average_epochs: int = 0  # > 0: keep the mean of the last N epochs' weights (no early stopping, no best epoch)
 
@@ -59,7 +60,8 @@ class PhaseResult:
     val_metrics: dict = field(default_factory=dict)
     images_per_second: float = 0.0
     seconds: float = 0.0
-    precision: str = "float32"  # of the training steps: "bfloat16" when settings.bf16 took effect here
+    precision: str = "float32"  # of the training steps: float32, bfloat16 or float16 (deepfake/precision.py)
+    precision_why: str = ""  # the rule that chose it
 
 
 def base_settings(config: Config, model: str | None = None, pretrained: bool = False) -> PhaseSettings:
@@ -117,15 +119,19 @@ def train_phase(
     )
     transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
     images = train_set.images  # uint8 NHWC, as augmentation takes it: no copy of the whole set
-    labels = torch.from_numpy(train_set.labels)
-    bf16 = (settings.bf16 or device.type == "cuda") and bf16_is_fast(device)  # a GPU always trains mixed
-    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    plan = EpochPlan()
+    batches = batch_loader(JitteredBatches(images, torch.from_numpy(train_set.labels), transform), plan,
+                           worker_count(device, distributed.world_size()), pin_memory=device.type == "cuda")
+    precision = training_precision(config.precision, device, settings.bf16)
+    log.info("%s %s: training steps in %s (%s)", label, settings.name, precision.name, precision.why)
+    scaler = precision.scaler(device)
+    bf16_crafting = settings.bf16_crafting and precision.dtype == torch.bfloat16
     anchor = _frozen_copy(model) if settings.anchor > 0 else None
     net = distributed.wrap(model, device)  # trains; crafting, scoring and the kept weights use the bare model
 
     average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
     averaged = None
-    result = PhaseResult(precision="bfloat16" if bf16 else "float32")
+    result = PhaseResult(precision=precision.name, precision_why=precision.why)
     best_score, best_state, stale = (-1.0, -1.0), None, 0
     train_seconds, images_seen, step = 0.0, 0, 0
     progress = tqdm(total=total_steps, desc=f"{label} {settings.name}", unit="step", leave=False,
@@ -133,30 +139,37 @@ def train_phase(
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = distributed.shard(torch.randperm(len(train_set), generator=generator))
-        epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
+        plan.keys = [(order[i * config.batch_size:(i + 1) * config.batch_size], config.seed * 100003 + step + i)
+                     for i in range(steps_per_epoch)]
+        # Summed on the device and read once an epoch: a read per step would make the host wait for the GPU.
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss times images, correct calls
+        first_bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss finite
         started = time.perf_counter()
-        for batch_index in range(steps_per_epoch):
-            idx = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
-            x, y = _training_batch(images, labels, idx, transform, config.seed * 100003 + step, device)
-            with precision:
+        for batch_index, (batch, batch_labels) in enumerate(batches, start=1):
+            x, y = to_float(batch, device), batch_labels.to(device, non_blocking=True)
+            with precision.autocast(device):
                 loss, logits = _batch_loss(net, x, y, settings.adv_ratio, config, generator, anchor,
-                                           settings.anchor, settings.bf16_crafting, crafter=model)
-            if distributed.any_rank(not torch.isfinite(loss)):
-                raise NonFiniteLossError(
-                    f"{label} {settings.name}: loss became {loss.item()} at epoch {epoch}, step "
-                    f"{batch_index + 1}; lower the learning rate (config lr/finetune_lr) and rerun"
-                )
+                                           settings.anchor, bf16_crafting, crafter=model)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             scheduler.step_update(step)
-            epoch_loss += loss.item() * len(y)
-            epoch_correct += (logits.argmax(1) == y).sum().item()
-            epoch_seen += len(y)
+            with torch.no_grad():
+                first_bad_step = torch.where((first_bad_step == 0) & ~torch.isfinite(loss), batch_index,
+                                             first_bad_step)
+                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()])
             progress.update()
+        bad_step = int(first_bad_step)
+        if distributed.any_rank(bad_step > 0):
+            where = f"step {bad_step}" if bad_step else "a step of another rank"
+            raise NonFiniteLossError(f"{label} {settings.name}: loss became nan or inf at epoch {epoch}, {where}; "
+                                     f"lower the learning rate (config lr/finetune_lr) and rerun")
         epoch_seconds = time.perf_counter() - started
-        epoch_loss, epoch_correct, epoch_seen = distributed.sum_over_ranks(epoch_loss, epoch_correct, epoch_seen)
+        epoch_loss, epoch_correct = sums.tolist()
+        epoch_loss, epoch_correct, epoch_seen = distributed.sum_over_ranks(
+            epoch_loss, epoch_correct, sum(len(idx) for idx, _ in plan.keys))
         train_seconds += epoch_seconds
         images_seen += epoch_seen
 
@@ -227,23 +240,6 @@ def _parameter_groups(model: torch.nn.Module, lr: float, backbone_scale: float) 
             {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr * backbone_scale}]
 
 
-NATIVE_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu functions
-
-
-@functools.cache
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 autocast speeds training up here; without native support it is emulated and can be
-    slower than float32, so such machines train in float32 and say so once."""
-    if device.type == "cuda":
-        fast = torch.cuda.is_bf16_supported()
-    else:
-        probes = (getattr(torch.cpu, name, lambda: False) for name in NATIVE_BF16_PROBES)  # private: may vanish
-        fast = device.type == "cpu" and any(probe() for probe in probes)
-    if not fast:
-        log.warning("this %s has no native bfloat16; bf16_models train in float32", device.type)
-    return fast
-
-
 def _selection_score(val: dict, metric: str) -> tuple[float, float]:
     """(chosen metric, the other) so ties break on the other; a one-class split has no AUC, so accuracy only.
 
@@ -254,13 +250,6 @@ def _selection_score(val: dict, metric: str) -> tuple[float, float]:
     return (auc, val["accuracy"]) if metric == "auc" else (val["accuracy"], auc)
 
 
-def _training_batch(images, labels, idx, transform, seed, device):
-    """Augment a uint8 NHWC batch with albumentations, then move it to the device as [0, 1] floats."""
-    batch = images[idx.numpy()]
-    augmented = augment(batch, transform, seed)
-    return to_float(to_tensor(augmented), device), labels[idx].to(device)
-
-
 def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0, bf16_crafting=False,
                 crafter=None):
     """(loss, logits of the mixed batch): the first adv_ratio of the batch is replaced by FGSM (or PGD-k) images
@@ -268,8 +257,8 @@ def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_w
     DistributedDataParallel wrapper, whose gradient hooks only the training step may fire), and the whole
     batch gets cross-entropy. With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight``
     times the KL divergence from its predictions to the model's on the clean images is added, so phase 2 gives
-    up fewer of the base model's clean calls (``config.finetune_anchor``). Attacks and anchor targets are float32 unless ``bf16_crafting``
-    (_phase2_precision).
+    up fewer of the base model's clean calls (``config.finetune_anchor``). Attacks and anchor targets are float32
+    unless ``bf16_crafting`` (_phase2_precision).
     """
     n_adv = int(round(len(x) * adv_ratio))
     smoothing = config.label_smoothing
@@ -308,6 +297,7 @@ def _adversarial(model, images, targets, config, generator, bf16_crafting=False)
 
 def _phase2_precision(device: torch.device, bf16_crafting: bool) -> ContextManager:
     """Float32 for phase 2's attack crafting and anchor targets, so it trains on attacks as precise as the ones
-    it is evaluated against; with ``bf16_crafting`` (the models ``config.bf16_crafting`` names), the training
-    step's own precision, which makes ResNet-SE's phase 2 about 1.4x faster on CPUs with native bf16."""
+    it is evaluated against; with ``bf16_crafting`` (the models ``config.bf16_crafting`` names, when their steps
+    run in bfloat16), the training step's own precision, which makes ResNet-SE's phase 2 about 1.4x faster on
+    CPUs with native bf16. A float16 step never crafts in float16: its unscaled input gradients underflow."""
     return contextlib.nullcontext() if bf16_crafting else torch.autocast(device.type, enabled=False)

@@ -37,12 +37,14 @@ def tiny_config(tmp_path, demo_dir):
 
 
 def run_config(root: Path, data_dir: Path, **overrides):
-    """A tiny-preset config with every output under ``root``."""
+    """A tiny-preset config with every output under ``root``, training in float32: ``auto`` would pick bfloat16 on
+    a CPU that computes it natively, and the tests must pass the same on every host."""
     from deepfake.config import make_config
 
     return make_config(
         "tiny", data_dir=str(data_dir), generated_dir=str(root / "generated"),
-        checkpoint_dir=str(root / "checkpoints"), viz_dir=str(root / "visualizations"), device="cpu", **overrides,
+        checkpoint_dir=str(root / "checkpoints"), viz_dir=str(root / "visualizations"), device="cpu",
+        **{"precision": "fp32", **overrides},
     )
 
 

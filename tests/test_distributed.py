@@ -44,7 +44,7 @@ def test_two_processes_train_one_model_and_write_one_run(tmp_path, demo_dir):
                str(REPO_ROOT / "deepfake_detection.py"), "--preset", "tiny", "--models", "resnet_se",
                "--data-dir", str(demo_dir), "--checkpoint-dir", str(out / "checkpoints"),
                "--generated-dir", str(out / "generated"), "--viz-dir", str(out / "visualizations"), "--device", "cpu",
-               "--epochs", "4", "--batch-size", "16", "--set", "max_steps_per_epoch=0", "patience=2", "lr=3e-3",
+               "--epochs", "4", "--batch-size", "16", "--set", "precision=fp32", "max_steps_per_epoch=0", "patience=2", "lr=3e-3",
                "model_width=(('resnet_se', 0.25),)"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     log = done.stdout + done.stderr
@@ -68,3 +68,51 @@ def test_two_processes_train_one_model_and_write_one_run(tmp_path, demo_dir):
     assert kept == {"0": entry["best_epoch"], "1": entry["best_epoch"]}
     epochs_run = len(entry["history"]["base"])
     assert len(re.findall(r"resnet_se base epoch \d+/4", log)) == 2 * epochs_run, "both ranks stopped together"
+
+
+def _main_first_on_two_ranks(rank: int, failing_rank: int, store: str, out: str) -> None:
+    """One gloo rank of main_first whose section fails on ``failing_rank``; writes what the rank ended with."""
+    import torch.distributed as dist
+
+    from deepfake.errors import ConfigError
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+
+    def make() -> str:
+        if rank == failing_rank:
+            raise ConfigError(f"cannot read image {rank}.png")
+        return "made"
+
+    try:
+        outcome = distributed.main_first(make)
+        distributed.barrier()  # where a rank waited for the backend's timeout when another had failed
+    except Exception as error:
+        outcome = f"{type(error).__name__}: {error}"
+    finally:
+        dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as file:
+        file.write(outcome)
+
+
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_rank_failing_in_a_main_first_section_stops_every_rank_with_its_message(tmp_path, failing_rank):
+    import multiprocessing
+    import time
+
+    context = multiprocessing.get_context("spawn")
+    out = tmp_path / "outcome"
+    started = time.monotonic()
+    ranks = [context.Process(target=_main_first_on_two_ranks, args=(rank, failing_rank, str(tmp_path / "store"),
+                                                                       str(out))) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=120)
+    assert not any(process.is_alive() for process in ranks), "a rank still waits for the failed one"
+    for process in ranks:
+        process.kill()
+    assert time.monotonic() - started < 120
+    outcomes = {rank: (tmp_path / f"outcome.{rank}").read_text() for rank in range(2)}
+    other = 1 - failing_rank
+    assert outcomes[failing_rank] == f"ConfigError: cannot read image {failing_rank}.png"
+    assert outcomes[other] == f"RankFailedError: rank {failing_rank} failed: cannot read image {failing_rank}.png"

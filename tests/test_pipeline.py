@@ -17,7 +17,7 @@ from deepfake.metrics import classification_metrics
 from deepfake.pipeline import run
 from deepfake.results import load_results, load_run_config, results_path
 from deepfake.samples import sample_manifest
-from deepfake.train import NonFiniteLossError, bf16_is_fast
+from deepfake.train import NonFiniteLossError
 
 
 def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
@@ -46,8 +46,8 @@ def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
         assert len(entry["history"]["finetune"]) == tiny_run.finetune_epochs
         assert entry["images_per_second"]["base"] > 0 and entry["wall_seconds"]["finetune"] > 0
         assert entry["pretrained"] is False
-        bf16 = name in tiny_run.bf16_models and bf16_is_fast(torch.device("cpu"))
-        assert entry["precision"] == dict.fromkeys(("base", "finetune"), "bfloat16" if bf16 else "float32")
+        assert entry["precision"] == dict.fromkeys(("base", "finetune"), "float32"), "the tests pin fp32"
+        assert entry["precision_why"] == dict.fromkeys(("base", "finetune"), "precision=fp32 asked for")
     for stage in ("load_data", "augmented_samples", "adversarial_samples", "evaluate"):
         assert stage in results["timings"]
 

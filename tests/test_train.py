@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from deepfake import precision as precision_module
 from deepfake import train as train_module
 from deepfake.attacks import fgsm
 from deepfake.config import make_config
@@ -163,14 +164,14 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
 @pytest.mark.parametrize("bf16_crafting", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
 def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_split, monkeypatch, fast, bf16_crafting):
-    config = make_config("tiny", bf16_models=("resnet_se", "convnext_tiny"), max_steps_per_epoch=1,
+    config = make_config("tiny", precision="auto", bf16_models=("resnet_se", "convnext_tiny"), max_steps_per_epoch=1,
                          finetune_attack_steps=1, bf16_crafting=("resnet_se",) if bf16_crafting else ())
     assert base_settings(config, "resnet_se").bf16 and finetune_settings(config, "resnet_se").bf16
     assert not base_settings(config, "efficientnet_b0").bf16 and not finetune_settings(config).bf16
     assert finetune_settings(config, "resnet_se").bf16_crafting == bf16_crafting
     assert not finetune_settings(config, "convnext_tiny").bf16_crafting, "only the models bf16_crafting names"
     assert not base_settings(config, "resnet_se").bf16_crafting, "phase 1 crafts nothing"
-    monkeypatch.setattr(train_module, "bf16_is_fast", lambda device: fast)
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device: fast)
     model, seen = toy_model(), []
     model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     predict = train_module.predict_fake_proba
@@ -206,15 +207,46 @@ def test_anchor_targets_are_float32_unless_bf16_crafting(toy_split, bf16_craftin
     assert seen == [torch.bfloat16 if bf16_crafting else torch.float32]
 
 
-def test_bf16_falls_back_to_float32_with_a_warning_without_native_support(monkeypatch, caplog):
-    for name in train_module.NATIVE_BF16_PROBES:
-        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
-    train_module.bf16_is_fast.cache_clear()
-    try:
-        assert not train_module.bf16_is_fast(CPU)
-    finally:
-        train_module.bf16_is_fast.cache_clear()
-    assert "no native bfloat16" in caplog.text
+def _step_dtypes(model: nn.Module) -> dict[bool, list]:
+    """The first layer's output dtypes in training mode (the steps) and in eval mode (crafting, validation)."""
+    seen = {True: [], False: []}
+    model[0].register_forward_hook(lambda module, inputs, output: seen[module.training].append(output.dtype))
+    return seen
+
+
+def test_float16_steps_go_through_the_gradient_scaler(toy_split, monkeypatch):
+    train, val = toy_split
+    config = make_config("tiny", precision="fp16", batch_size=32, max_steps_per_epoch=4, lr=3e-3,
+                         bf16_models=("resnet_se",), bf16_crafting=("resnet_se",), finetune_attack_steps=1)
+    scalers = []
+    make_scaler = precision_module.Precision.scaler
+    monkeypatch.setattr(precision_module.Precision, "scaler",
+                        lambda self, device: scalers.append(make_scaler(self, device)) or scalers[-1])
+    model = toy_model()
+    before = copy.deepcopy(model.state_dict())
+    seen = _step_dtypes(model)
+    settings = replace(finetune_settings(config, "resnet_se"), epochs=1)
+    result = train_phase(model, train, val, config, settings, CPU, "toy")
+    assert (result.precision, result.precision_why) == ("float16", "precision=fp16 asked for")
+    assert seen[True] == [torch.float16] * 4
+    assert set(seen[False]) == {torch.float32}, "float16 steps craft (bf16_crafting or not) and validate in float32"
+    [scaler] = scalers
+    assert scaler.is_enabled() and scaler._scale is not None, "every float16 loss is scaled before backward"
+    assert scaler.get_scale() <= 2.0 ** 16, "the scale only ever backs off from its start"
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "the steps moved the weights"
+
+
+@pytest.mark.skipif(not precision_module.native_bf16(CPU), reason="this CPU has no native bfloat16")
+def test_auto_trains_bf16_models_in_bfloat16_on_a_cpu_that_computes_it(toy_split):
+    train, val = toy_split
+    config = make_config("tiny", precision="auto", max_steps_per_epoch=2)
+    for bf16_model, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        model = toy_model()
+        seen = _step_dtypes(model)
+        settings = replace(base_settings(config), epochs=1, bf16=bf16_model)
+        result = train_phase(model, train, val, config, settings, CPU, "toy")
+        assert seen[True] == [dtype] * 2 and result.precision == str(dtype).removeprefix("torch.")
 
 
 def test_anchor_term_is_zero_at_the_starting_weights(toy_split):
