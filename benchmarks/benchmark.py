@@ -151,14 +151,14 @@ def prepare_split(source: Path, target: Path, unseen_fraction: float, seed: int)
 
 def recorded_training_seconds(report_path: Path, checkpoint_dir: Path) -> dict:
     """The pipeline's wall time from the last report, when that report describes this very run (the same
-    stage timings in its results.json), so rescoring a run keeps the time it took to train."""
-    if not report_path.exists():
-        return {}
-    report = json.loads(report_path.read_text())
-    timings = load_results(results_path(checkpoint_dir)).get("timings")
-    same_run = timings and report.get("run", {}).get("timings") == timings
+    stage timings in its results.json), else the sum of the run's own stage timings (its wall time less
+    start-up), so rescoring a run keeps the time it took to train."""
+    timings = load_results(results_path(checkpoint_dir)).get("timings") or {}
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
     seconds = report.get("stage_seconds", {}).get("deepfake_detection.py")
-    return {"deepfake_detection.py": seconds} if same_run and seconds is not None else {}
+    if timings and report.get("run", {}).get("timings") == timings and seconds is not None:
+        return {"deepfake_detection.py": seconds}
+    return {"deepfake_detection.py": round(sum(timings.values()), 1)} if timings else {}
 
 
 def timed_call(command: list[str]) -> float:

@@ -38,6 +38,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"default {DEFAULT_PRESET}; " + "; ".join(
                             f"{name}: {what}, {minutes} min" for name, (what, minutes) in PRESET_HELP.items()))
     parser.add_argument("--data-dir", default=None, help="folder with labelled images (default: data, else demo data)")
+    parser.add_argument("--labels", nargs="+", default=None, metavar="FILE",
+                        help="labels from files, not folder names: a CSV (file-name and label columns, real/fake or "
+                             "0/1, names relative to --data-dir) or the challenge's real_*.json and fake_*.json")
     parser.add_argument("--generated-dir", default=None,
                         help="where augmented/adversarial samples go (default: data/generated)")
     parser.add_argument("--checkpoint-dir", default=None,
@@ -62,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     flags = dict(
         data_dir=args.data_dir,
+        labels=tuple(args.labels) if args.labels else None,
         generated_dir=args.generated_dir,
         checkpoint_dir=args.checkpoint_dir,
         viz_dir=args.viz_dir,

@@ -31,6 +31,7 @@ class Config:
     preset: str = "full"
     # Paths
     data_dir: str = "data"
+    labels: tuple[str, ...] = ()  # label files (a CSV, or the challenge's JSON pair) instead of folder names
     generated_dir: str = "data/generated"
     checkpoint_dir: str = "checkpoints"
     viz_dir: str = "visualizations"

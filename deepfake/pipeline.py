@@ -22,6 +22,7 @@ from .config import TRAINING_KEYS, Config
 from .data import (SPLIT_NAME, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
                    split_indices)
 from .evaluate import evaluate_run
+from .labels import load_labelled_from_files
 from .models import build_from_config, zoo_entry
 from .pretrained import require_weights
 from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
@@ -56,10 +57,17 @@ def _train_and_evaluate(config: Config, force: bool, explicit_data_dir: bool) ->
 
     timings: dict[str, float] = {}
     with timed(timings, "load_data"):
-        data_dir = distributed.main_first(
-            lambda: resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo"))
+        if config.labels:
+            data_dir = Path(config.data_dir)
+            labelled, label_source = load_labelled_from_files(config.labels, data_dir, config.image_size)
+            differ = label_source["differ_from_folder_names"]
+            log.info("labels: %d images from %s%s", len(labelled), ", ".join(config.labels),
+                     "" if differ is None else f" ({differ} differ from their folder names)")
+        else:
+            data_dir = distributed.main_first(
+                lambda: resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo"))
+            labelled, label_source = load_labelled(data_dir, config.image_size), "folder names"
         config.data_dir = str(data_dir)
-        labelled = load_labelled(data_dir, config.image_size)
         train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed,
                                            source=f"the images in {data_dir}")
         train, val = labelled.subset(train_idx), labelled.subset(val_idx)
@@ -86,6 +94,7 @@ def _train_and_evaluate(config: Config, force: bool, explicit_data_dir: bool) ->
             "data_dir": str(data_dir),
             "test_dir": str(test_dir) if test_dir else None,
             "split_file": str(checkpoint_dir / SPLIT_NAME),
+            "labels": label_source,
             "counts": {"train": _class_counts(train), "val": _class_counts(val), "augmented": _class_counts(augmented)},
         }
         models = results.setdefault("models", {})

@@ -13,17 +13,19 @@ def benchmark():
     return benchmark
 
 
-def test_recorded_training_seconds_come_only_from_a_report_of_the_same_run(benchmark, tmp_path):
+def test_recorded_training_seconds_come_from_a_report_of_the_same_run_else_from_its_stages(benchmark, tmp_path):
     checkpoints, report = tmp_path / "checkpoints", tmp_path / "results_full.json"
     checkpoints.mkdir()
     timings = {"base:resnet_se": 199.1, "evaluate": 161.0}
     (checkpoints / "results.json").write_text(json.dumps({"timings": timings}))
-    assert benchmark.recorded_training_seconds(report, checkpoints) == {}  # no report yet
+    assert benchmark.recorded_training_seconds(report, checkpoints) == {"deepfake_detection.py": 360.1}  # its stages
     stage_seconds = {"deepfake_detection.py": 913.9, "ensemble.py": 8.9}
     report.write_text(json.dumps({"stage_seconds": stage_seconds, "run": {"timings": timings}}))
     assert benchmark.recorded_training_seconds(report, checkpoints) == {"deepfake_detection.py": 913.9}
     report.write_text(json.dumps({"stage_seconds": stage_seconds, "run": {"timings": {**timings, "evaluate": 1.0}}}))
-    assert benchmark.recorded_training_seconds(report, checkpoints) == {}  # a report of another run
+    assert benchmark.recorded_training_seconds(report, checkpoints) == {"deepfake_detection.py": 360.1}  # another run's
+    (checkpoints / "results.json").write_text(json.dumps({}))
+    assert benchmark.recorded_training_seconds(report, checkpoints) == {}  # nothing recorded at all
 
 
 def test_missing_apgd_note_names_the_install_and_the_rescore(benchmark, monkeypatch):
