@@ -378,6 +378,12 @@ def load_validation(path: str | Path, size: int = 32) -> tuple[ImageSet, dict]:
     return _split_images(Path(path), *parts["val"], training_cwd, size), meta
 
 
+def read_split_meta(path: str | Path) -> dict:
+    """The saved split's meta (its data id, seed, data folder) without reading an image: a run copied without
+    its data can still say which split its checkpoints were trained on."""
+    return _read_split(path)[1]
+
+
 def _read_split(path: str | Path) -> tuple[dict[str, tuple[list, list]], dict, str | None]:
     """({part: (paths, labels)}, meta, the folder training ran in) of a saved split."""
     path = Path(path)

@@ -26,10 +26,10 @@ from torch import nn
 from .checkpoints import file_sha256, load_checkpoint, read_checkpoint
 from .config import OPERATING_POINTS, WEIGHT_SCHEMES, Config
 from .cut import THRESHOLD, choose_threshold, crossfit_accuracy, weighted_fake_proba
-from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, file_number, load_test, load_validation
+from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, file_number, load_test, load_validation, read_split_meta
 from .errors import DeepfakeError
 from .evaluate import corrupted_sets, evaluation_sample
-from .frontier import choose_point, frontier_of, is_current
+from .frontier import choose_point, frontier_of, is_current, stored_validation
 from .inference import predict_fake_proba
 from .io import atomic_path, write_json
 from .metrics import classification_metrics
@@ -274,7 +274,7 @@ class Ensemble:
     weights: dict[str, float]
     threshold: float
     threshold_from: str  # "validation" or "--threshold"
-    val: ImageSet
+    val_labels: np.ndarray
     val_member_probs: dict[str, np.ndarray]
     val_probs: np.ndarray  # the ensemble's fake probability per validation image
 
@@ -319,16 +319,15 @@ def load_ensemble(
     results = load_results(results_path(checkpoint_dir))
     members = explicit_members([Path(c) for c in checkpoints]) if checkpoints else run_members(results, checkpoint_dir)
     split_file = checkpoint_dir / SPLIT_NAME
-    val, split = load_validation(split_file, config.image_size)
-    members = trained_on_this_split(members, split_file, split.get("data_id"), explicit=bool(checkpoints))
+    members = trained_on_this_split(members, split_file, read_split_meta(split_file).get("data_id"),
+                                    explicit=bool(checkpoints))
 
     # Weigh
     point = None
     if operating_point is None:
         weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
     else:
-        frontier = members_frontier(members, results, checkpoint_dir, val, config, torch_device,
-                                    store=not checkpoints)
+        frontier = members_frontier(members, results, checkpoint_dir, config, torch_device, store=not checkpoints)
         point = {"name": operating_point, "min_clean": min_clean,
                  **choose_point(frontier["points"], operating_point, min_clean)}
         named = next((o for o in frontier["operating_points"].values()
@@ -343,32 +342,45 @@ def load_ensemble(
 
     # Cut
     models = load_models(members, torch_device)
-    val_member_probs = member_probs(models, val.images, config, torch_device)
+    val_labels, val_member_probs = validation_probs(members, models, results, split_file, config, torch_device)
     val_probs = weighted_fake_proba(val_member_probs, weights)
     chosen = threshold is None
     return Ensemble(
         config=config, device=torch_device, results=results, members=members, models=models, scheme=scheme,
         operating_point=point, weights=weights,
-        threshold=choose_threshold(val.labels, val_probs) if chosen else float(threshold),
-        threshold_from="validation" if chosen else "--threshold", val=val, val_member_probs=val_member_probs,
+        threshold=choose_threshold(val_labels, val_probs) if chosen else float(threshold),
+        threshold_from="validation" if chosen else "--threshold", val_labels=val_labels,
+        val_member_probs=val_member_probs,
         val_probs=val_probs,
     )
 
 
-def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path, val: ImageSet, config: Config,
+def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path, config: Config,
                      device: torch.device, store: bool) -> dict:
-    """The frontier the evaluation measured for exactly these checkpoints, else measured now (minutes: one
-    PGD attack per weighting) and, with ``store``, kept in results.json for the next call."""
+    """The frontier the evaluation measured for exactly these checkpoints, else measured now on the split's
+    validation images (minutes: one PGD attack per weighting) and, with ``store``, kept in results.json."""
     checkpoints = {m.name: m.checkpoint for m in members}
     if is_current(results.get("frontier"), checkpoints):
         return results["frontier"]
     log.info("results.json holds no frontier for these checkpoints; measuring it now")
+    val, _ = load_validation(checkpoint_dir / SPLIT_NAME, config.image_size)
     sample = evaluation_sample(val.labels, config.eval_max_images, config.seed)
     corrupted = corrupted_sets(val.images[sample], config.corruption_severities, config.seed)
     frontier = frontier_of(checkpoints, val, sample, corrupted, config, device)
     if store:
         results.update(update_results(results_path(checkpoint_dir), lambda r: r.update(frontier=frontier)))
     return frontier
+
+
+def validation_probs(members: list[Member], models: dict[str, nn.Module], results: dict, split_file: Path,
+                     config: Config, device: torch.device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The validation labels and each member's fake probabilities: as the evaluation stored them for these very
+    checkpoint files, so a run folder copied without its data still submits, else from the split's images."""
+    stored = stored_validation(results.get("frontier"), {m.name: m.checkpoint for m in members})
+    if stored is not None:
+        return stored
+    val, _ = load_validation(split_file, config.image_size)
+    return val.labels, member_probs(models, val.images, config, device)
 
 
 def run_ensemble(
@@ -395,7 +407,7 @@ def run_ensemble(
     checkpoint_dir, output = Path(checkpoint_dir), Path(output)
     ensemble = load_ensemble(checkpoint_dir, operating_point=operating_point, min_clean=min_clean, scheme=scheme,
                              threshold=threshold, checkpoints=checkpoints, device=device)
-    config, members, weights, val = ensemble.config, ensemble.members, ensemble.weights, ensemble.val
+    config, members, weights, val_labels = ensemble.config, ensemble.members, ensemble.weights, ensemble.val_labels
     threshold, val_probs = ensemble.threshold, ensemble.val_probs
 
     # Predict
@@ -403,10 +415,10 @@ def run_ensemble(
     test, indices = load_test(test_dir, config.image_size)
     test_member_probs, test_probs = ensemble.predict(test.images)
     chosen = ensemble.threshold_from == "validation"
-    val_scores = score(val.labels, ensemble.val_member_probs, val_probs, threshold)
+    val_scores = score(val_labels, ensemble.val_member_probs, val_probs, threshold)
     threshold_check = {
-        "val_accuracy_at_0.5": classification_metrics(val.labels, val_probs, THRESHOLD)["accuracy"],
-        "val_accuracy_crossfit": crossfit_accuracy(val.labels, val_probs) if chosen else None,
+        "val_accuracy_at_0.5": classification_metrics(val_labels, val_probs, THRESHOLD)["accuracy"],
+        "val_accuracy_crossfit": crossfit_accuracy(val_labels, val_probs) if chosen else None,
     }
     test_scores = score(test.labels, test_member_probs, test_probs, threshold) if _is_labelled(test) else None
     crossfit = threshold_check["val_accuracy_crossfit"]
@@ -435,7 +447,7 @@ def run_ensemble(
         "probabilities": None if probabilities is None else str(probabilities),
         "device": str(ensemble.device),
         "tta_flip": config.tta_flip,
-        "n_val": len(val),
+        "n_val": len(val_labels),
         "val": val_scores,
         "better_single": None if stronger is None else {
             "name": stronger, "checkpoint": str(next(m.checkpoint for m in members if m.name == stronger)),

@@ -104,7 +104,8 @@ def attacked_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 def measure_frontier(models: dict[str, nn.Module], val: ImageSet, sample: np.ndarray,
                      corrupted: dict[tuple[str, int], np.ndarray], config: Config, device: torch.device) -> dict:
-    """Every weighting of :func:`weight_grid`: its cut (chosen on all of ``val``), clean accuracy there (also
+    """The members' validation fake probabilities (so ensemble.py and predict.py need no image of the split), and
+    every weighting of :func:`weight_grid`: its cut (chosen on all of ``val``), clean accuracy there (also
     with the cut cross-fitted), per-corruption accuracy and accuracy under the evaluation's PGD (``pgd_steps``) at
     FRONTIER_EPS, attacked whole, on
 ``val.images[sample]``; then the three operating points, each also attacked at EXTRA_EPS and by APGD-CE."""
@@ -151,6 +152,7 @@ def measure_frontier(models: dict[str, nn.Module], val: ImageSet, sample: np.nda
             }
         operating[name] = {"point": index, "pgd_8/255": points[index]["pgd_8/255"], **measured[index]}
     return {"attack": f"PGD-{config.pgd_steps} (random start, step eps/4)", "pgd_steps": config.pgd_steps,
+            "val": {"labels": val.labels.tolist(), "fake_proba": {name: p.tolist() for name, p in probs.items()}},
             "n_val": len(val), "n_sample": len(sample), "points": points, "operating_points": operating,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -211,3 +213,17 @@ def is_current(frontier: dict | None, checkpoints: dict[str, Path]) -> bool:
     if not frontier or set(frontier.get("members", {})) != set(checkpoints):
         return False
     return all(frontier["members"][name]["sha256"] == file_sha256(path) for name, path in checkpoints.items())
+
+
+def stored_validation(frontier: dict | None, checkpoints: dict[str, Path]) -> tuple[np.ndarray, dict] | None:
+    """(validation labels, {name: fake probabilities}) for these checkpoint files from a frontier measured on
+    them (matched by digest, whatever their names), else None."""
+    if not frontier or "val" not in frontier:
+        return None
+    by_digest = {entry["sha256"]: name for name, entry in frontier["members"].items()}
+    names = {name: by_digest.get(file_sha256(path)) for name, path in checkpoints.items()}
+    if None in names.values():
+        return None
+    probs = frontier["val"]["fake_proba"]
+    return (np.asarray(frontier["val"]["labels"], dtype=np.int64),
+            {name: np.asarray(probs[stored], dtype=np.float32) for name, stored in names.items()})

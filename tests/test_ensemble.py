@@ -376,3 +376,31 @@ def test_corrupt_test_image_is_named(run_dir, demo_images, tmp_path, capsys):
     test_dir = make_test_dir(tmp_path / "test", demo_images[:2], ["1.png", "2.png"])
     (test_dir / "3.png").write_bytes(b"not a png")
     assert "3.png" in assert_fails(capsys, run_dir, tmp_path / "submission.json", "--test-dir", str(test_dir))
+
+
+def test_a_run_folder_copied_alone_submits_and_predicts_without_its_data(run_dir, tiny_run, demo_images, tmp_path):
+    """A Kaggle inference notebook: the checkpoint folder attached alone, the split's images nowhere."""
+    from predict import main as predict_main
+
+    alone = tmp_path / "dataset" / "checkpoints"
+    alone.mkdir(parents=True)
+    for name in ("results.json", *(p.name for p in Path(tiny_run.checkpoint_dir).glob("*_final.pt"))):
+        shutil.copy(Path(tiny_run.checkpoint_dir) / name, alone / name)
+    split = read_json(Path(tiny_run.checkpoint_dir) / "split.json")
+    for part in ("train", "val"):
+        split[part]["paths"] = [f"/gone/{Path(p).name}" for p in split[part]["paths"]]
+    write_json(alone / "split.json", split)
+    test_dir = make_test_dir(tmp_path / "test", demo_images[:8], [f"{n}.png" for n in range(1, 9)])
+
+    assert run_cli(run_dir, tmp_path / "reference.json", "--test-dir", str(test_dir)) == 0
+    assert run_cli(alone, tmp_path / "alone.json", "--test-dir", str(test_dir)) == 0
+    assert read_json(tmp_path / "alone.json") == read_json(tmp_path / "reference.json")
+    meta, reference = read_json(tmp_path / "alone.meta.json"), read_json(tmp_path / "reference.meta.json")
+    assert (meta["threshold"], meta["operating_point"], meta["val"]) == (
+        reference["threshold"], reference["operating_point"], reference["val"])
+
+    assert predict_main([str(test_dir), "--checkpoint-dir", str(alone), "--output", str(tmp_path / "calls.csv"),
+                         "--device", "cpu"]) == 0
+    calls = pd.read_csv(tmp_path / "calls.csv")
+    assert [row["prediction"] for row in read_json(tmp_path / "alone.json")] == [
+        calls.set_index("path").loc[str(test_dir / f"{n}.png"), "prediction"] for n in range(1, 9)]
