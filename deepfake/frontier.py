@@ -104,36 +104,35 @@ def attacked_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 def measure_frontier(models: dict[str, nn.Module], val: ImageSet, sample: np.ndarray,
                      corrupted: dict[tuple[str, int], np.ndarray], config: Config, device: torch.device) -> dict:
-    """The members' validation fake probabilities (so ensemble.py and predict.py need no image of the split), and
-    every weighting of :func:`weight_grid`: its cut (chosen on all of ``val``), clean accuracy there (also
-    with the cut cross-fitted), per-corruption accuracy and accuracy under the evaluation's PGD (``pgd_steps``) at
-    FRONTIER_EPS, attacked whole, on
-``val.images[sample]``; then the three operating points, each also attacked at EXTRA_EPS and by APGD-CE."""
+    """The members' validation fake probabilities (so ensemble.py and predict.py need no image of the split),
+    and for every weighting of :func:`weight_grid` its cut (chosen on all of ``val``), clean accuracy there
+    (also with the cut cross-fitted), per-corruption accuracy and accuracy under the evaluation's PGD
+    (``pgd_steps``) at FRONTIER_EPS, attacked whole, on ``val.images[sample]``; then the three operating
+    points, each also attacked at EXTRA_EPS and by APGD-CE."""
     started = time.perf_counter()
-    names = list(models)
     probs = {name: predict_fake_proba(model, val.images, batch_size=config.eval_batch_size, device=device,
                                       tta_flip=config.tta_flip) for name, model in models.items()}
     corrupted_probs = {key: {name: predict_fake_proba(model, images, batch_size=config.eval_batch_size,
                                                       device=device, tta_flip=config.tta_flip)
                              for name, model in models.items()} for key, images in corrupted.items()}
-    sample_images = to_float(to_tensor(val.images[sample]), device)
-    sample_labels = torch.from_numpy(val.labels[sample]).to(device)
+    images = to_float(to_tensor(val.images[sample]), device)
+    labels = torch.from_numpy(val.labels[sample]).to(device)
+
+    def attacked(weights: dict[str, float], cut: float, eps: float, attack: str = "pgd") -> float | None:
+        ensemble = EnsembleModel(models, weights, cut, config.tta_flip).to(device)
+        return attacked_accuracy(ensemble, images, labels, eps, config.pgd_steps, config.eval_batch_size,
+                                 config.seed, attack)
+
     points = []
-    for weights in weight_grid(names):
+    for weights in weight_grid(list(models)):
         ensemble_probs = weighted_fake_proba(probs, weights)
         cut = choose_threshold(val.labels, ensemble_probs)
-        ensemble = EnsembleModel(models, weights, cut, config.tta_flip).to(device)
-        by_corruption: dict[str, list[float]] = {}
-        for (corruption, _), member_probs in corrupted_probs.items():
-            calls = weighted_fake_proba(member_probs, weights) >= cut
-            by_corruption.setdefault(corruption, []).append(float(np.mean(calls == val.labels[sample])))
         points.append({
             "weights": weights, "threshold": cut,
             "clean_accuracy": float(np.mean((ensemble_probs >= cut) == val.labels)),
             "crossfit_accuracy": crossfit_accuracy(val.labels, ensemble_probs, config.seed),
-            "corruption_accuracy": {c: float(np.mean(a)) for c, a in by_corruption.items()},
-            "pgd_8/255": attacked_accuracy(ensemble, sample_images, sample_labels, FRONTIER_EPS,
-                                           config.pgd_steps, config.eval_batch_size, config.seed),
+            "corruption_accuracy": _corruption_accuracy(corrupted_probs, weights, cut, val.labels[sample]),
+            "pgd_8/255": attacked(weights, cut, FRONTIER_EPS),
         })
         log.info("frontier %s: cut %.3f, clean %.4f, PGD 8/255 %.4f", weight_label(weights), cut,
                  points[-1]["clean_accuracy"], points[-1]["pgd_8/255"])
@@ -141,20 +140,24 @@ def measure_frontier(models: dict[str, nn.Module], val: ImageSet, sample: np.nda
     for name in OPERATING_POINTS:
         index = points.index(choose_point(points, name))
         if index not in measured:
-            point = points[index]
-            ensemble = EnsembleModel(models, point["weights"], point["threshold"], config.tta_flip).to(device)
-            measured[index] = {
-                "pgd_2/255": attacked_accuracy(ensemble, sample_images, sample_labels, EXTRA_EPS,
-                                                 config.pgd_steps, config.eval_batch_size, config.seed),
-                "apgd_ce_8/255": attacked_accuracy(ensemble, sample_images, sample_labels, FRONTIER_EPS,
-                                                   config.pgd_steps, config.eval_batch_size, config.seed,
-                                                   attack="apgd"),
-            }
+            weights, cut = points[index]["weights"], points[index]["threshold"]
+            measured[index] = {"pgd_2/255": attacked(weights, cut, EXTRA_EPS),
+                               "apgd_ce_8/255": attacked(weights, cut, FRONTIER_EPS, "apgd")}
         operating[name] = {"point": index, "pgd_8/255": points[index]["pgd_8/255"], **measured[index]}
     return {"attack": f"PGD-{config.pgd_steps} (random start, step eps/4)", "pgd_steps": config.pgd_steps,
             "val": {"labels": val.labels.tolist(), "fake_proba": {name: p.tolist() for name, p in probs.items()}},
             "n_val": len(val), "n_sample": len(sample), "points": points, "operating_points": operating,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _corruption_accuracy(corrupted_probs: dict[tuple[str, int], dict[str, np.ndarray]], weights: dict[str, float],
+                         cut: float, labels: np.ndarray) -> dict[str, float]:
+    """Per corruption, the weighting's accuracy at its cut, averaged over the severities."""
+    by_corruption: dict[str, list[float]] = {}
+    for (corruption, _), member_probs in corrupted_probs.items():
+        calls = weighted_fake_proba(member_probs, weights) >= cut
+        by_corruption.setdefault(corruption, []).append(float(np.mean(calls == labels)))
+    return {corruption: float(np.mean(accuracy)) for corruption, accuracy in by_corruption.items()}
 
 
 def clean_score(point: dict) -> float:
