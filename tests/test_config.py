@@ -91,7 +91,8 @@ def test_dict_round_trip_and_fingerprint():
 # Fields that change where outputs go, what is evaluated or how fast: never what a trained model is.
 NOT_TRAINING = {"preset", "data_dir", "generated_dir", "checkpoint_dir", "viz_dir", "models", "device", "threads",
                 "eval_epsilons", "pgd_steps", "corruption_severities", "gradcam_images", "eval_batch_size", "tta_flip",
-                "require_pretrained", "eval_max_images"}
+                "require_pretrained", "eval_max_images",
+                "labels"}  # the labels themselves are in the split's data id, which every checkpoint carries
 
 
 def test_every_field_is_either_a_training_key_or_known_not_to_change_a_model():
