@@ -50,6 +50,7 @@ UNSEEN_FRACTION, SPLIT_SEED = 0.3, 2025  # the unseen share of the challenge's l
 PGD_EPSILONS = {"2/255": 2 / 255, "4/255": 4 / 255, "8/255": 8 / 255}  # the columns; older runs also hit 4/255
 ATTACKS = (("pgd20", "2/255"), ("pgd20", "8/255"), ("apgd_ce", "8/255"))
 ATTACK_STEPS = 20
+POINT_ORDER = ("accurate", "balanced", "robust")  # the summary's order: from most accurate to most robust
 CORRUPTIONS = {"jpeg_q40": ("jpeg", 40), "noise_0.08": ("gaussian_noise", 0.08), "blur_1.0": ("gaussian_blur", 1.0)}
 
 
@@ -302,9 +303,11 @@ def summary_table(reports: list[dict]) -> str:
         whole = (f"{ensemble['submitted']}: " if points else "") + " / ".join(
             pct(v) for v in ((submitted.get("clean") or {}).get("accuracy"), submitted.get("pgd20_2/255"),
                              submitted.get("pgd20_8/255")))
-        frontier = " · ".join(f"{pct(p['clean']['accuracy'])} / {pct(p.get('pgd20_8/255'))}" for p in points.values())
+        frontier = " · ".join(f"{pct(points[n]['clean']['accuracy'])} / {pct(points[n].get('pgd20_8/255'))}"
+                              for n in POINT_ORDER if n in points)
         seconds = report["stage_seconds"].get("deepfake_detection.py")
         arguments = re.sub(r"^python (-m benchmarks\.benchmark|benchmarks/benchmark\.py) ?", "", report["command"])
+        arguments = re.sub(r" --workdir \S+", "", arguments)  # where the run lives, not what it is
         rows.append(f"| `{arguments or '--preset quick'}` | {label(best)} {pct(singles[best]['clean']['accuracy'])} "
                     f"| {whole if len(singles) > 1 else '(one model)'} | {frontier or 'n/a'} | {robustness} "
                     f"| {' / '.join(pct(singles[best].get(c)) for c in CORRUPTIONS)} "
@@ -362,7 +365,7 @@ def markdown_section(report: dict) -> str:
                   "cut and flip TTA) is attacked as one model.\n",
                   "| operating point | weights | cut | acc | F1 | AUC | PGD-20 2/255 | 8/255 | APGD-CE 8/255 "
                   "| JPEG q40 | noise 0.08 | blur 1.0 |", "|---|---|" + "---:|" * 10]
-        for name, p in unseen["points"].items():
+        for name, p in sorted(unseen["points"].items(), key=lambda item: POINT_ORDER.index(item[0])):
             weights = " + ".join(f"{w:.2g} {n}" for n, w in p["weights"].items() if w > 0)
             lines.append("| " + " | ".join([
                 name + (" (submitted)" if name == unseen.get("submitted") else ""), weights, f"{p['threshold']:.3f}",

@@ -69,10 +69,10 @@ def test_summary_table_lands_in_results_and_between_the_readme_markers(benchmark
               "stage_seconds": {"deepfake_detection.py": 600.0}, "date": "d", "machine": "m", "pipeline_command": "p",
               "split": {"pipeline_images": 980, "unseen_images": 420, "seed": 2025},
               "unseen": {"lite0": model(0.93, (0.5, 0.25)), "resnet_se": model(0.88, (0.75, 0.375)),
-                         "ensemble": {"submitted": "balanced", "points": {
-                             "accurate": {**model(0.93, (0.5, 0.02)), "weights": {"lite0": 1.0}, "threshold": 0.5},
+                         "ensemble": {"submitted": "balanced", "points": {  # in OPERATING_POINTS' order
                              "balanced": {**model(0.92, (0.7, 0.33)), "weights": {"lite0": 0.4, "resnet_se": 0.6},
-                                          "threshold": 0.47}}}},
+                                          "threshold": 0.47},
+                             "accurate": {**model(0.93, (0.5, 0.02)), "weights": {"lite0": 1.0}, "threshold": 0.5}}}},
               "run": {"models": {name: {"pretrained": name == "lite0", "val_base": None, "val_final": None,
                                         "best_epoch": 8} for name in ("lite0", "resnet_se")}, "timings": {}}}
     (tmp_path / "results_pretrained.json").write_text(json.dumps(report))
