@@ -295,7 +295,7 @@ def plot_frontier(results: dict, viz_dir: str | Path) -> Path | None:
         ax.set(xlabel=f"validation accuracy under PGD-{frontier['pgd_steps']} at 8/255, attacked whole ({frontier['n_sample']} images)",
                ylabel=f"clean validation accuracy, cut cross-fitted ({frontier['n_val']} images)",
                xlim=(0, max(1e-3, max(attacked)) * 1.15 + 0.02), title="The ensemble's accuracy-robustness frontier")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8)  # below: no point hidden
     return save_figure(fig, Path(viz_dir) / FRONTIER_NAME)
 
 
