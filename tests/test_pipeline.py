@@ -165,7 +165,8 @@ def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_pa
     assert final.input_size == 48 and final.pretrained_loaded
     assert load_checkpoint(Path(config.checkpoint_dir) / "resnet_se_final.pt").input_size == 32
     assert entry["evaluation"]["final"]["attacks"] and entry["evaluation"]["gradcam"]["layer"]
-    meta = run_ensemble(config.checkpoint_dir, output=tmp_path / "submission.json", device="cpu")
+    assert set(results["frontier"]["members"]) == {"resnet_se", "test_efficientnet"}
+    meta = run_ensemble(config.checkpoint_dir, output=tmp_path / "submission.json", scheme="accuracy", device="cpu")
     assert {m["name"] for m in meta["members"]} == {"resnet_se", "test_efficientnet"}
 
 
