@@ -54,3 +54,13 @@ def crossfit_accuracy(labels: np.ndarray, fake_probs: np.ndarray, seed: int = 0)
         cut = choose_threshold(labels[fit], fake_probs[fit])
         correct += int(accuracy_score(labels[held], fake_probs[held] >= cut, normalize=False))
     return correct / len(labels)
+
+
+def clean_score(point: dict) -> float:
+    """A frontier point's clean validation accuracy with its cut cross-fitted, where the split allows it."""
+    return point["clean_accuracy"] if point["crossfit_accuracy"] is None else point["crossfit_accuracy"]
+
+
+def weight_label(weights: dict[str, float]) -> str:
+    """'0.7 resnet_se + 0.3 tf_efficientnet_lite0', members at weight 0 left out."""
+    return " + ".join(f"{w:.2g} {name}" for name, w in weights.items() if w > 0)

@@ -28,7 +28,8 @@ from .config import Config
 from .corruptions import CORRUPTIONS, corrupt
 from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, load_validation, to_tensor
 from .explain import gradcam, target_layer_name
-from .frontier import frontier_of, weight_label
+from .cut import weight_label
+from .frontier import frontier_of
 from .inference import count_correct, fake_proba, predict_fake_proba, to_float
 from .metrics import classification_metrics
 from .plots import (PHASE_TITLES, attack_accuracy, eps_label, figure_names, headline_epsilons, plot_adversarial_grid,

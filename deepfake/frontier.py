@@ -21,7 +21,7 @@ from torch import nn
 from .attacks import apgd_ce, pgd
 from .checkpoints import file_sha256, load_checkpoint
 from .config import OPERATING_POINTS, Config
-from .cut import choose_threshold, crossfit_accuracy, weighted_fake_proba
+from .cut import choose_threshold, clean_score, crossfit_accuracy, weight_label, weighted_fake_proba
 from .data import ImageSet, to_tensor
 from .errors import DeepfakeError
 from .inference import count_correct, predict_fake_proba, to_float
@@ -160,11 +160,6 @@ def _corruption_accuracy(corrupted_probs: dict[tuple[str, int], dict[str, np.nda
     return {corruption: float(np.mean(accuracy)) for corruption, accuracy in by_corruption.items()}
 
 
-def clean_score(point: dict) -> float:
-    """A point's clean validation accuracy with its cut cross-fitted, where the split allows it."""
-    return point["clean_accuracy"] if point["crossfit_accuracy"] is None else point["crossfit_accuracy"]
-
-
 def choose_point(points: list[dict], name: str, min_clean: float | None = None) -> dict:
     """The weighting an operating point names, among those with at least ``min_clean`` clean accuracy.
 
@@ -192,11 +187,6 @@ def choose_point(points: list[dict], name: str, min_clean: float | None = None) 
     if name == "balanced":
         candidates = [p for p in candidates if clean_score(p) >= clean_score(accurate) - BALANCED_SLACK]
     return max(candidates, key=robustness_first)
-
-
-def weight_label(weights: dict[str, float]) -> str:
-    """'resnet_se 0.7 + tf_efficientnet_lite0 0.3', members at weight 0 left out."""
-    return " + ".join(f"{name} {w:.2g}" for name, w in weights.items() if w > 0)
 
 
 def frontier_of(checkpoints: dict[str, Path], val: ImageSet, sample: np.ndarray,

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from sklearn.metrics import roc_curve
 
+from .cut import clean_score, weight_label
 from .data import CLASS_NAMES
 from .io import atomic_path
 
@@ -277,13 +278,13 @@ def plot_frontier(results: dict, viz_dir: str | Path) -> Path | None:
     if not frontier:
         return None
     points = frontier["points"]
-    clean = [p["clean_accuracy"] if p["crossfit_accuracy"] is None else p["crossfit_accuracy"] for p in points]
+    clean = [clean_score(p) for p in points]
     attacked = [p["pgd_8/255"] for p in points]
     submitted = (results.get("ensemble") or {}).get("operating_point") or {}
     with _figure(1, 1, (8, 6)) as (fig, ax):
         ax.plot(attacked, clean, "o", color="#1f77b4", alpha=0.6, label="a weighting of the members")
         for p, x, y in zip(points, attacked, clean):
-            ax.annotate(" + ".join(f"{w:.2g} {n}" for n, w in p["weights"].items() if w > 0), (x, y), fontsize=6,
+            ax.annotate(weight_label(p["weights"]), (x, y), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
         for name, operating in frontier["operating_points"].items():
             i = operating["point"]
@@ -323,7 +324,7 @@ def _deployed_measures(results: dict, member_measures: dict[str, float]) -> dict
     name = name if name in frontier["operating_points"] else next(iter(frontier["operating_points"]))
     point = frontier["points"][frontier["operating_points"][name]["point"]]
     values = {
-        "clean": point["clean_accuracy"] if point["crossfit_accuracy"] is None else point["crossfit_accuracy"],
+        "clean": clean_score(point),
         f"PGD {eps_label(8 / 255)}": point["pgd_8/255"],
         "corrupted (mean)": float(np.mean(list(point["corruption_accuracy"].values()))),
     }

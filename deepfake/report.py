@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from .cut import clean_score, weight_label
 from .data import CLASS_NAMES
 from .io import write_text
 from .plots import FRONTIER_NAME, OVERVIEW_NAME, PHASE_SHORT, attack_accuracy, eps_label, figure_names, headline_epsilons
@@ -164,10 +165,8 @@ def _frontier(results: dict, viz_dir: Path) -> str:
 
 
 def _point_row(point: dict) -> tuple[str, ...]:
-    clean = point["clean_accuracy"] if point["crossfit_accuracy"] is None else point["crossfit_accuracy"]
-    weights = " + ".join(f"{w:.2g} {n}" for n, w in point["weights"].items() if w > 0)
     corrupted = sum(point["corruption_accuracy"].values()) / max(1, len(point["corruption_accuracy"]))
-    return weights, f"{point['threshold']:.3f}", _num(clean), _num(corrupted), _num(point["pgd_8/255"])
+    return weight_label(point["weights"]), f"{point['threshold']:.3f}", _num(clean_score(point)), _num(corrupted), _num(point["pgd_8/255"])
 
 
 def _model_section(name: str, entry: dict, viz_dir: Path) -> str:
