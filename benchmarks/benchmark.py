@@ -217,14 +217,14 @@ def corrupted_accuracy(model: torch.nn.Module, images: ImageSet, tta: bool = Fal
 def score_operating_points(models: dict, frontier: dict, submitted: dict, unseen: ImageSet, tta: bool) -> dict:
     """The ensemble at each operating point (weights and cut as chosen on validation), scored as one model; the
     one ensemble.py submitted is marked. Points with the same weights are scored once."""
+    member_probs = {n: predict_fake_proba(m, unseen.images, tta_flip=tta) for n, m in models.items()}
     points = {}
     for name, operating in frontier["operating_points"].items():
         point = frontier["points"][operating["point"]]
         same = next((p for p in points.values() if p["weights"] == point["weights"]), None)
         if same is None:
             ensemble = EnsembleModel(models, point["weights"], point["threshold"], tta)
-            probs = weighted_fake_proba({n: predict_fake_proba(m, unseen.images, tta_flip=tta)
-                                         for n, m in models.items()}, point["weights"])
+            probs = weighted_fake_proba(member_probs, point["weights"])
             same = {"weights": point["weights"], "threshold": point["threshold"],
                     "clean": classification_metrics(unseen.labels, probs, point["threshold"]),
                     **attacked(ensemble, unseen), **corrupted_accuracy(ensemble, unseen)}

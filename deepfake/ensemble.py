@@ -11,6 +11,7 @@ run's validation split, so a leaderboard score can be traced back to its models 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -57,6 +58,12 @@ class Member:
     checkpoint: Path
     val_metrics: dict
     data_id: str | None
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The checkpoint's digest, read once: the frontier, the stored validation scores and the meta file
+        all match on it."""
+        return file_sha256(self.checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,14 +366,13 @@ def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path,
                      device: torch.device, store: bool) -> dict:
     """The frontier the evaluation measured for exactly these checkpoints, else measured now on the split's
     validation images (minutes: one PGD attack per weighting) and, with ``store``, kept in results.json."""
-    checkpoints = {m.name: m.checkpoint for m in members}
-    if is_current(results.get("frontier"), checkpoints):
+    if is_current(results.get("frontier"), {m.name: m.sha256 for m in members}):
         return results["frontier"]
     log.info("results.json holds no frontier for these checkpoints; measuring it now")
     val, _ = load_validation(checkpoint_dir / SPLIT_NAME, config.image_size)
     sample = evaluation_sample(val.labels, config.eval_max_images, config.seed)
     corrupted = corrupted_sets(val.images[sample], config.corruption_severities, config.seed)
-    frontier = frontier_of(checkpoints, val, sample, corrupted, config, device)
+    frontier = frontier_of({m.name: m.checkpoint for m in members}, val, sample, corrupted, config, device)
     if store:
         results.update(update_results(results_path(checkpoint_dir), lambda r: r.update(frontier=frontier)))
     return frontier
@@ -376,7 +382,7 @@ def validation_probs(members: list[Member], models: dict[str, nn.Module], result
                      config: Config, device: torch.device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The validation labels and each member's fake probabilities: as the evaluation stored them for these very
     checkpoint files, so a run folder copied without its data still submits, else from the split's images."""
-    stored = stored_validation(results.get("frontier"), {m.name: m.checkpoint for m in members})
+    stored = stored_validation(results.get("frontier"), {m.name: m.sha256 for m in members})
     if stored is not None:
         return stored
     val, _ = load_validation(split_file, config.image_size)
@@ -436,7 +442,7 @@ def run_ensemble(
         "threshold_from": ensemble.threshold_from,
         "threshold_check": threshold_check,
         "members": [
-            {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": file_sha256(m.checkpoint),
+            {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": m.sha256,
              "weight": weights[m.name], "val_metrics": m.val_metrics}
             for m in members
         ],

@@ -201,20 +201,20 @@ def frontier_of(checkpoints: dict[str, Path], val: ImageSet, sample: np.ndarray,
             **measure_frontier(models, val, sample, corrupted, config, device)}
 
 
-def is_current(frontier: dict | None, checkpoints: dict[str, Path]) -> bool:
-    """Whether a stored frontier was measured on exactly these checkpoint files."""
-    if not frontier or set(frontier.get("members", {})) != set(checkpoints):
+def is_current(frontier: dict | None, digests: dict[str, str]) -> bool:
+    """Whether a stored frontier was measured on exactly these members (name -> checkpoint sha256)."""
+    if not frontier or set(frontier.get("members", {})) != set(digests):
         return False
-    return all(frontier["members"][name]["sha256"] == file_sha256(path) for name, path in checkpoints.items())
+    return all(frontier["members"][name]["sha256"] == digest for name, digest in digests.items())
 
 
-def stored_validation(frontier: dict | None, checkpoints: dict[str, Path]) -> tuple[np.ndarray, dict] | None:
-    """(validation labels, {name: fake probabilities}) for these checkpoint files from a frontier measured on
-    them (matched by digest, whatever their names), else None."""
+def stored_validation(frontier: dict | None, digests: dict[str, str]) -> tuple[np.ndarray, dict] | None:
+    """(validation labels, {name: fake probabilities}) for these members (name -> checkpoint sha256) from a
+    frontier measured on them (matched by digest, whatever their names), else None."""
     if not frontier or "val" not in frontier:
         return None
     by_digest = {entry["sha256"]: name for name, entry in frontier["members"].items()}
-    names = {name: by_digest.get(file_sha256(path)) for name, path in checkpoints.items()}
+    names = {name: by_digest.get(digest) for name, digest in digests.items()}
     if None in names.values():
         return None
     probs = frontier["val"]["fake_proba"]
