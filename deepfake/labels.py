@@ -37,8 +37,9 @@ def read_labels(files: Sequence[str | Path], data_dir: str | Path) -> dict[Path,
         if twice is not None:
             raise DataError(f"{twice} has two different labels, the second in {file}: keep one")
         labels.update(read)
+    labelled = {path.resolve() for path in labels}
     unlabelled = next((image for folder in _folders_in_play(labels, data_dir) for image in list_image_files(folder)
-                       if image.resolve() not in {path.resolve() for path in labels}), None)
+                       if image.resolve() not in labelled), None)
     if unlabelled is not None:
         raise DataError(f"{unlabelled} has no label in {', '.join(map(str, files))}: label it there or move it out")
     return labels
