@@ -10,7 +10,9 @@ on the unseen 30%. Starts from the ``full`` preset; ``--set`` overrides config f
 the training split (a learning curve; set epochs and ``augment_per_class`` to match). Prints one
 JSON line (validation accuracy/AUC per epoch; with ``--finetune``, clean and PGD-10 accuracy at
 2/255 and 8/255 before and after phase 2; validation accuracy with flip test-time augmentation and
-under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl.
+under the benchmark's three corruptions) and appends it to benchmarks/levers.jsonl. A phase-1 model is
+cached under benchmarks/runs/levers/base, keyed by everything but phase 2's fields, so a phase-2 lever
+on two seeds trains no base model twice (the record says ``base_cached``).
 
     python -m benchmarks.levers --table
 
@@ -20,10 +22,12 @@ there is typed by hand.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,7 +46,7 @@ from deepfake.models import build_from_config
 from deepfake.results import kept_epochs
 from deepfake.runtime import seed_everything, setup_runtime
 from deepfake.samples import augmented_samples
-from deepfake.train import base_settings, finetune_settings, train_phase
+from deepfake.train import PhaseResult, base_settings, finetune_settings, train_phase
 
 RUN_DIR = RUNS / "full"
 RECORDS = REPO / "benchmarks" / "levers.jsonl"
@@ -56,6 +60,9 @@ RETIRED_FIELDS = {"cutout_prob": 0.0, "mixup_alpha": 0.0, "ema_decay": 0.0, "tra
                   "finetune_corruption_prob": 0.0, "pseudo_label_confidence": 0.0}
 LEVER_BUDGET = {"base_epochs": 8, "patience": 8}  # the --set of the reference row (see write_table)
 SPEED_ONLY = {"weights_dir", "threads"}  # fields a reference row of another preset may set (see write_table)
+PHASE2_KEYS = {"finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
+               "finetune_attack_steps", "finetune_anchor", "bf16_crafting", "adversarial_count"}
+BASE_CACHE = RUNS / "levers" / "base"
 
 
 def main() -> int:
@@ -83,8 +90,9 @@ def main() -> int:
     seed_everything(config.seed)  # each phase starts where the pipeline's does, so a row reproduces its model
     model = build_from_config(args.model, config).to(device)
     started = time.perf_counter()
-    settings = base_settings(config, args.model, model.pretrained_loaded)
-    base = train_phase(model, pool, val, config, settings, device, label=args.model)
+    base, cached = cached_base(model, args.model, config, args.train_fraction, val, lambda: train_phase(
+        model, pool, val, config, base_settings(config, args.model, model.pretrained_loaded), device,
+        label=args.model))
     record = {
         "model": args.model, "preset": args.preset, "set": overrides,
         "config": {key: getattr(config, key) for key in TRAINING_KEYS},
@@ -94,6 +102,7 @@ def main() -> int:
         "val_auc": [round(row["val_auc"], 3) for row in base.history],
         "kept_val_acc": round(base.val_metrics["accuracy"], 3), "kept_val_acc_tta": tta_accuracy(model, val, device),
         "corrupted_before": corruption_accuracy(model, val, device), "images_per_second": round(base.images_per_second),
+        "base_cached": cached,
     }
     if args.finetune:
         record["attack_before"] = attack_accuracy(model, val, device)
@@ -108,6 +117,24 @@ def main() -> int:
     with open(RECORDS, "a") as handle:
         handle.write(json.dumps(record) + "\n")
     return 0
+
+
+def cached_base(model: torch.nn.Module, name: str, config: Config, train_fraction: float, val: ImageSet,
+                train: Callable[[], PhaseResult]) -> tuple[PhaseResult, bool]:
+    """Phase 1's outcome, loaded into ``model`` from the cache when the same model, phase-1 recipe and split
+    trained it before, else ``train()``'s, then cached; and whether it came from the cache."""
+    recipe = {key: getattr(config, key) for key in TRAINING_KEYS if key not in PHASE2_KEYS}
+    key = json.dumps([name, recipe, train_fraction, images_digest(val)], sort_keys=True, default=list)
+    path = BASE_CACHE / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    if path.exists():
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["state_dict"])
+        return PhaseResult(**payload["result"]), True
+    result = train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "result": vars(result)}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return result, False
 
 
 def tta_accuracy(model: torch.nn.Module, val: ImageSet, device: torch.device) -> float:
