@@ -49,6 +49,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=None,
                         help=f"comma list of {','.join(MODEL_NAMES)} or any timm model name (default: the first three)")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="train every model on K stratified folds and score it out of fold on every labelled "
+                             "image (default: one split, val_fraction for validation)")
     parser.add_argument("--seed", type=int, default=None, help="split, initialisation and batch order (default: 42)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="start timm members from ImageNet weights (the pretrained preset requires them)")
@@ -72,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         models=models,
         device=args.device,
         seed=args.seed,
+        folds=args.folds,
         pretrained=args.pretrained,
         weights_dir=args.weights_dir,
         base_epochs=args.epochs,

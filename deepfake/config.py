@@ -52,6 +52,7 @@ class Config:
     image_size: int = 32  # pixels; other sizes are resized on load
     input_size: int = 0  # side the timm members see, resized inside the model (models.Resize); 0 = image_size
     val_fraction: float = 0.2
+    folds: int = 0  # >= 2: stratified K-fold, every labelled image validated once, out of fold (deepfake/folds.py)
     augmentation: str = "seed"  # seed | lossless (data.train_transform, data.sample_transform)
     corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
     model_corruption_prob: tuple[tuple[str, float], ...] = ()  # (model, share) pairs replacing corruption_prob
@@ -177,7 +178,8 @@ PRESETS: dict[str, dict] = {
 # Values a run would crash on late (after minutes of training) or that would silently mean nothing.
 _AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetune_epochs", "finetune_attack_steps",
                  "pgd_steps", "eval_batch_size")
-_NOT_NEGATIVE = ("threads", "input_size", "pretrained_epochs", "backbone_lr_scale", "lr", "finetune_lr", "weight_decay",
+_NOT_NEGATIVE = ("folds", "threads", "input_size", "pretrained_epochs", "backbone_lr_scale", "lr", "finetune_lr",
+                 "weight_decay",
                  "average_epochs", "warmup_epochs",
                  "max_steps_per_epoch", "finetune_anchor", "augment_per_class",
                  "adversarial_count", "gradcam_images", "eval_max_images")
@@ -241,6 +243,7 @@ def _check_ranges(config: Config) -> None:
     bad += [f"model_corruption_prob {m}={p} (in [0, 1])" for m, p in config.model_corruption_prob if not 0 <= p <= 1]
     bad += [f"{n}={value(n)} (in [0, 1))" for n in _BELOW_ONE if not 0 <= value(n) < 1]
     bad += [f"val_fraction={config.val_fraction} (between 0 and 1)"] if not 0 < config.val_fraction < 1 else []
+    bad += [f"folds={config.folds} (0 for one split, else at least 2)"] if config.folds == 1 else []
     bad += ([f"average_epochs={config.average_epochs} (at most base_epochs={config.base_epochs})"]
             if config.average_epochs > config.base_epochs else [])
     bad += [f"{n} has {eps} (budgets are pixel units in [0, 1])" for n in ("fgsm_epsilons", "eval_epsilons")

@@ -30,6 +30,8 @@ from .cut import THRESHOLD, choose_threshold, crossfit_accuracy, weighted_fake_p
 from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, file_number, load_test, load_validation, read_split_meta
 from .errors import DeepfakeError
 from .evaluate import corrupted_sets, evaluation_sample
+from .fold_run import OOF_NAME, fold_checkpoints
+from .folds import FoldAverage, fold_digest
 from .frontier import choose_point, frontier_of, is_current, stored_validation
 from .inference import predict_fake_proba
 from .io import atomic_path, write_json
@@ -55,15 +57,16 @@ class Member:
     id of the split it was trained on (None for checkpoints that predate split ids)."""
 
     name: str
-    checkpoint: Path
+    checkpoint: Path  # a k-fold run's folder for a member made of its fold models
     val_metrics: dict
     data_id: str | None
+    folds: tuple[Path, ...] = ()  # the fold models whose average the member is, in a k-fold run
 
     @functools.cached_property
     def sha256(self) -> str:
-        """The checkpoint's digest, read once: the frontier, the stored validation scores and the meta file
-        all match on it."""
-        return file_sha256(self.checkpoint)
+        """The checkpoint's digest (of its fold checkpoints' digests), read once: the frontier, the stored
+        validation scores and the meta file all match on it."""
+        return fold_digest([file_sha256(p) for p in self.folds]) if self.folds else file_sha256(self.checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +87,17 @@ def run_members(results: dict, checkpoint_dir: Path) -> list[Member]:
                               _checkpoint_metrics(checkpoint).get("data_id")))
     if not members:
         raise EnsembleError(f"no final checkpoints recorded in {results_path(checkpoint_dir)}: {TRAIN_FIRST}")
+    return members
+
+
+def fold_members(results: dict, checkpoint_dir: Path) -> list[Member]:
+    """Every architecture that finished in every fold of a k-fold run, scored by its out-of-fold metrics."""
+    folds = results.get("folds", {})
+    members = [Member(name, checkpoint_dir, entry["oof"], None,
+                      tuple(fold_checkpoints(checkpoint_dir, name, folds["k"])))
+               for name, entry in folds.get("models", {}).items()]
+    if not members:
+        raise EnsembleError(f"no model finished every fold in {checkpoint_dir}: rerun the training command to resume")
     return members
 
 
@@ -200,7 +214,8 @@ def better_single(single: dict[str, dict], ensemble_accuracy: float) -> str | No
 
 def load_models(members: list[Member], device: torch.device) -> dict[str, nn.Module]:
     """All members loaded up front, so a broken checkpoint stops the run before any prediction."""
-    return {member.name: load_checkpoint(member.checkpoint, device) for member in members}
+    return {member.name: FoldAverage([load_checkpoint(p, device) for p in member.folds]).eval() if member.folds
+            else load_checkpoint(member.checkpoint, device) for member in members}
 
 
 def member_probs(models: dict[str, nn.Module], images: np.ndarray, config: Config,
@@ -324,10 +339,17 @@ def load_ensemble(
     config.device = device
     torch_device = setup_runtime(config)
     results = load_results(results_path(checkpoint_dir))
-    members = explicit_members([Path(c) for c in checkpoints]) if checkpoints else run_members(results, checkpoint_dir)
     split_file = checkpoint_dir / SPLIT_NAME
-    members = trained_on_this_split(members, split_file, read_split_meta(split_file).get("data_id"),
-                                    explicit=bool(checkpoints))
+    if config.folds:
+        if checkpoints:
+            raise EnsembleError(f"{checkpoint_dir} is a {config.folds}-fold run, whose members average their fold "
+                                f"models: --checkpoints does not apply (choose with --operating-point or --weights)")
+        members = fold_members(results, checkpoint_dir)
+    else:
+        members = (explicit_members([Path(c) for c in checkpoints]) if checkpoints
+                   else run_members(results, checkpoint_dir))
+        members = trained_on_this_split(members, split_file, read_split_meta(split_file).get("data_id"),
+                                        explicit=bool(checkpoints))
 
     # Weigh
     point = None
@@ -368,6 +390,9 @@ def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path,
     validation images (minutes: one PGD attack per weighting) and, with ``store``, kept in results.json."""
     if is_current(results.get("frontier"), {m.name: m.sha256 for m in members}):
         return results["frontier"]
+    if config.folds:
+        raise EnsembleError(f"{checkpoint_dir} holds no pooled frontier for these fold models: run `python "
+                            f"deepfake_detection.py --evaluate-only --checkpoint-dir {checkpoint_dir}`, or pass --weights")
     log.info("results.json holds no frontier for these checkpoints; measuring it now")
     val, _ = load_validation(checkpoint_dir / SPLIT_NAME, config.image_size)
     sample = evaluation_sample(val.labels, config.eval_max_images, config.seed)
@@ -382,11 +407,23 @@ def validation_probs(members: list[Member], models: dict[str, nn.Module], result
                      config: Config, device: torch.device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The validation labels and each member's fake probabilities: as the evaluation stored them for these very
     checkpoint files, so a run folder copied without its data still submits, else from the split's images."""
+    if config.folds:
+        return oof_probs(split_file.parent, [m.name for m in members])
     stored = stored_validation(results.get("frontier"), {m.name: m.sha256 for m in members})
     if stored is not None:
         return stored
     val, _ = load_validation(split_file, config.image_size)
     return val.labels, member_probs(models, val.images, config, device)
+
+
+def oof_probs(checkpoint_dir: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A k-fold run's labels and each member's out-of-fold fake probabilities, from its OOF table."""
+    path = checkpoint_dir / OOF_NAME
+    if not path.is_file():
+        raise EnsembleError(f"{path} is missing: run `python deepfake_detection.py --evaluate-only --checkpoint-dir "
+                            f"{checkpoint_dir}` to pool the folds again")
+    table = pd.read_csv(path)
+    return table["label"].to_numpy(np.int64), {name: table[f"proba_{name}"].to_numpy(np.float32) for name in names}
 
 
 def run_ensemble(
@@ -429,7 +466,7 @@ def run_ensemble(
     test_scores = score(test.labels, test_member_probs, test_probs, threshold) if _is_labelled(test) else None
     crossfit = threshold_check["val_accuracy_crossfit"]
     honest = val_scores["ensemble"]["accuracy"] if crossfit is None else crossfit
-    stronger = better_single(val_scores["single"], honest)
+    stronger = None if config.folds else better_single(val_scores["single"], honest)  # --checkpoints: no fold run
 
     # Write
     rows = submission_rows(indices, test_probs, threshold)
@@ -443,7 +480,8 @@ def run_ensemble(
         "threshold_check": threshold_check,
         "members": [
             {"name": m.name, "checkpoint": str(m.checkpoint), "sha256": m.sha256,
-             "weight": weights[m.name], "val_metrics": m.val_metrics}
+             "weight": weights[m.name], "val_metrics": m.val_metrics,
+             **({"folds": [str(p) for p in m.folds]} if m.folds else {})}
             for m in members
         ],
         "test_dir": str(test_dir),
@@ -454,6 +492,7 @@ def run_ensemble(
         "device": str(ensemble.device),
         "tta_flip": config.tta_flip,
         "n_val": len(val_labels),
+        "validation": "out of fold" if config.folds else "validation split",
         "val": val_scores,
         "better_single": None if stronger is None else {
             "name": stronger, "checkpoint": str(next(m.checkpoint for m in members if m.name == stronger)),
@@ -485,13 +524,15 @@ def record_ensemble(checkpoint_dir: Path, viz_dir: str | Path, meta: dict) -> No
         "single": meta["val"]["single"],
         "better_single": meta["better_single"],
         "n_val": meta["n_val"],
+        "validation": meta["validation"],
         **({"test": meta["test"]} if meta["test"] else {}),
         "submission": meta["submission"],
         "created": meta["created"],
     }
     results = update_results(results_path(checkpoint_dir), lambda r: r.update(ensemble=entry))
     plot_frontier(results, viz_dir)
-    plot_models_overview(results, viz_dir)
+    if results.get("models"):  # a k-fold run's folder holds no single model's evaluation: its folds' do
+        plot_models_overview(results, viz_dir)
     write_report(results, viz_dir)
 
 

@@ -1,7 +1,8 @@
 """The end-to-end run: discover -> split -> generate samples -> train (phase 1, phase 2) -> evaluate.
 
 Each finished phase is a checkpoint whose config fingerprint is checked on the next run, so an
-interrupted run resumes where it stopped and a finished model is never retrained by accident.
+interrupted run resumes where it stopped and a finished model is never retrained by accident. With
+``folds`` the same happens once per fold (deepfake/fold_run.py), then the folds are pooled out of fold.
 Under torchrun every process trains each model on its shard (deepfake/distributed.py); rank 0 alone
 writes samples, checkpoints and results, and evaluates.
 """
@@ -22,6 +23,8 @@ from .config import TRAINING_KEYS, Config
 from .data import (SPLIT_NAME, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
                    split_indices)
 from .evaluate import evaluate_run
+from .folds import fold_indices
+from .fold_run import fold_config, pool_folds
 from .labels import load_labelled_from_files
 from .models import build_from_config, zoo_entry
 from .pretrained import require_weights
@@ -43,7 +46,13 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
             # models (every one trained, unless --models picks some) may differ.
             recorded = replace(load_run_config(config.checkpoint_dir), device=config.device, models=config.models)
             device = setup_runtime(recorded)
-            return evaluate_run(recorded, device) if distributed.is_main() else {}
+            if not distributed.is_main():
+                return {}
+            if recorded.folds:
+                for fold in range(recorded.folds):
+                    evaluate_run(fold_config(recorded, fold), device)
+                return pool_folds(recorded, device)
+            return evaluate_run(recorded, device)
         return _train_and_evaluate(config, force, explicit_data_dir)
     finally:
         distributed.cleanup()
@@ -57,25 +66,49 @@ def _train_and_evaluate(config: Config, force: bool, explicit_data_dir: bool) ->
 
     timings: dict[str, float] = {}
     with timed(timings, "load_data"):
-        if config.labels:
-            data_dir = Path(config.data_dir)
-            labelled, label_source = load_labelled_from_files(config.labels, data_dir, config.image_size)
-            differ = label_source["differ_from_folder_names"]
-            log.info("labels: %d images from %s%s", len(labelled), ", ".join(config.labels),
-                     "" if differ is None else f" ({differ} differ from their folder names)")
-        else:
-            data_dir = distributed.main_first(
-                lambda: resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo"))
-            labelled, label_source = load_labelled(data_dir, config.image_size), "folder names"
+        labelled, data_dir, label_source = _labelled(config, explicit_data_dir)
         config.data_dir = str(data_dir)
-        train_idx, val_idx = split_indices(labelled.labels, config.val_fraction, config.seed,
-                                           source=f"the images in {data_dir}")
-        train, val = labelled.subset(train_idx), labelled.subset(val_idx)
+        source = f"the images in {data_dir}"
+        if config.folds:
+            splits = fold_indices(labelled, config.folds, config.seed, source)
+        else:
+            splits = [split_indices(labelled.labels, config.val_fraction, config.seed, source=source)]
+    if not config.folds:
+        train, val = labelled.subset(splits[0][0]), labelled.subset(splits[0][1])
         del labelled  # the split holds copies: 370 MB fewer at 120,000 images
-        checkpoint_dir, data_id = Path(config.checkpoint_dir), images_digest(train)
-        if distributed.is_main():
-            save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
-                       val_fraction=config.val_fraction, data_id=data_id)
+        return _train_split(config, device, train, val, data_dir, label_source, timings, force)
+    for fold, (train_idx, val_idx) in enumerate(splits):
+        log.info("fold %d of %d: %d training, %d validation images", fold + 1, config.folds, len(train_idx),
+                 len(val_idx))
+        fold_timings = {"load_data": timings["load_data"]} if fold == 0 else {}
+        _train_split(fold_config(config, fold), device, labelled.subset(train_idx), labelled.subset(val_idx),
+                     data_dir, label_source, fold_timings, force)
+    if not distributed.is_main():
+        return {}
+    return pool_folds(config, device)
+
+
+def _labelled(config: Config, explicit_data_dir: bool) -> tuple[ImageSet, Path, dict | str]:
+    """The labelled images, their folder and where their labels came from (label files, or folder names)."""
+    if config.labels:
+        data_dir = Path(config.data_dir)
+        labelled, label_source = load_labelled_from_files(config.labels, data_dir, config.image_size)
+        differ = label_source["differ_from_folder_names"]
+        log.info("labels: %d images from %s%s", len(labelled), ", ".join(config.labels),
+                 "" if differ is None else f" ({differ} differ from their folder names)")
+        return labelled, data_dir, label_source
+    data_dir = distributed.main_first(
+        lambda: resolve_data_dir(config.data_dir, explicit_data_dir, Path(config.data_dir) / "demo"))
+    return load_labelled(data_dir, config.image_size), data_dir, "folder names"
+
+
+def _train_split(config: Config, device: torch.device, train: ImageSet, val: ImageSet, data_dir: Path,
+                 label_source: dict | str, timings: dict[str, float], force: bool) -> dict:
+    """Samples, both phases and the evaluation of every model on one train/validation split."""
+    checkpoint_dir, data_id = Path(config.checkpoint_dir), images_digest(train)
+    if distributed.is_main():
+        save_split(checkpoint_dir / SPLIT_NAME, train, val, data_dir=str(data_dir), seed=config.seed,
+                   val_fraction=config.val_fraction, data_id=data_id)
     log.info("data: %s | train %d, validation %d images", data_dir, len(train), len(val))
 
     with timed(timings, "augmented_samples"):

@@ -25,6 +25,7 @@ from .data import CLASS_NAMES, DecodedImage, UnreadableImageError, is_image_file
 from .ensemble import Ensemble, load_ensemble, predicted_classes
 from .errors import DeepfakeError
 from .explain import gradcam
+from .folds import FoldAverage
 from .inference import to_float
 from .io import atomic_path
 from .plots import plot_call
@@ -185,13 +186,15 @@ def explain_calls(ensemble: Ensemble, images: list[tuple[Path, DecodedImage]], r
     pixels = np.stack([image.pixels for _, image in images])
     x = to_float(to_tensor(pixels), ensemble.device)
     calls = [row["prediction"] for row in rows]
-    cams = {name: gradcam(model, x, [CLASS_NAMES.index(call) for call in calls])
-            for name, model in ensemble.models.items()}
+    shown = {name: model.models[0] if isinstance(model, FoldAverage) else model  # a fold average: its first fold's
+             for name, model in ensemble.models.items()}
+    cams = {name: gradcam(model, x, [CLASS_NAMES.index(call) for call in calls]) for name, model in shown.items()}
     for i, ((path, _), row) in enumerate(zip(images, rows)):
         overlays = {
             f"{name} (weight {ensemble.weights[name]:.2f})\nfake probability {row[f'proba_{name}']:.3f}\n"
-            f"{'pixel backbone: ' if model.spectrum is not None else ''}Grad-CAM for {calls[i]}": cams[name][i]
-            for name, model in ensemble.models.items()
+            f"{'pixel backbone: ' if model.spectrum is not None else ''}"
+            f"{'fold 0: ' if model is not ensemble.models[name] else ''}Grad-CAM for {calls[i]}": cams[name][i]
+            for name, model in shown.items()
         }
         title = f"{path}: {calls[i]} (fake probability {row['proba_ensemble']:.4f}, cut {ensemble.threshold:.4f})"
         plot_call(pixels[i] / 255, title, overlays, explain_dir / figure_name(path, taken))

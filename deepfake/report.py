@@ -36,7 +36,7 @@ def write_report(results: dict, viz_dir: str | Path) -> Path:
     sections = [
         "# Deepfake detection: evaluation report",
         _run_info(results),
-        _summary(models, viz_dir),
+        _folds(results) if "folds" in results else _summary(models, viz_dir),
         _ensemble(results.get("ensemble")),
         _frontier(results, viz_dir),
         *(_model_section(name, entry, viz_dir) for name, entry in models.items()),
@@ -100,6 +100,26 @@ def _summary(models: dict, viz_dir: Path) -> str:
     return "\n\n".join(lines)
 
 
+def _folds(results: dict) -> str:
+    folds = results["folds"]
+    rows = []
+    for name, entry in folds["models"].items():
+        oof = entry["oof"]
+        rows.append((name, _with_interval(oof["accuracy"], oof["accuracy_ci"]), _with_interval(oof["auc"], oof["auc_ci"]),
+                     " / ".join(_num(a, 3) for a in entry["fold_accuracy"])))
+    links = ", ".join(f"[fold {i}](fold_{i}/{REPORT_NAME})" for i in range(folds["k"]))
+    return "\n\n".join([
+        f"## Out-of-fold validation ({folds['k']} folds, {folds['n_images']} images)",
+        "Each labelled image is scored once, by the fold's model that never trained on it (at 0.5; 95% bootstrap "
+        f"intervals). Every image's probabilities: `{folds['oof_file']}` in the run folder. Each fold's own "
+        f"report: {links}.",
+        _table(("model", "OOF accuracy", "OOF AUC", "accuracy per fold"), rows)])
+
+
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    return _num(value) if interval is None else f"{_num(value)} [{_num(interval[0])}, {_num(interval[1])}]"
+
+
 def _ensemble(ensemble: dict | None) -> str:
     if not ensemble or "val" not in ensemble:
         return ""
@@ -114,7 +134,7 @@ def _ensemble(ensemble: dict | None) -> str:
         rows.append((name, *(_num(metrics.get(m)) for m in CLEAN_METRICS), _num(weight)))
     point = (ensemble.get("operating_point") or {}).get("name")
     weights = f", {ensemble['scheme']} weights" if ensemble.get("scheme") else f", operating point {point}" if point else ""
-    lines = [f"## Ensemble vs single models (validation{weights})",
+    lines = [f"## Ensemble vs single models ({ensemble.get('validation', 'validation')}{weights})",
              _table(("model", *CLEAN_METRICS, "weight"), rows)]
     if check:
         lines.append(f"The ensemble calls an image fake from probability {ensemble['threshold']:.4f} "

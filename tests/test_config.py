@@ -92,7 +92,8 @@ def test_dict_round_trip_and_fingerprint():
 NOT_TRAINING = {"preset", "data_dir", "generated_dir", "checkpoint_dir", "viz_dir", "models", "device", "threads",
                 "eval_epsilons", "pgd_steps", "corruption_severities", "gradcam_images", "eval_batch_size", "tta_flip",
                 "require_pretrained", "eval_max_images",
-                "labels"}  # the labels themselves are in the split's data id, which every checkpoint carries
+                "labels",  # the labels themselves are in the split's data id, which every checkpoint carries
+                "folds"}  # so is each fold's training part, and each fold has its own checkpoint folder
 
 
 def test_every_field_is_either_a_training_key_or_known_not_to_change_a_model():
