@@ -38,6 +38,8 @@ from benchmarks.lite0_weights import convert, wheel_file
 from deepfake.checkpoints import load_checkpoint
 from deepfake.corruptions import apply_corruption
 from deepfake.data import ImageSet, load_labelled, split_indices
+from deepfake.fold_run import fold_checkpoints
+from deepfake.folds import FoldAverage, fold_dir
 from deepfake.cut import CROSSFIT_FOLDS, weight_label, weighted_fake_proba
 from deepfake.frontier import EnsembleModel, attacked_accuracy
 from deepfake.inference import as_nchw_uint8, predict_fake_proba, to_float
@@ -175,11 +177,13 @@ def count_images(data_dir: Path) -> int:
 def score_unseen(checkpoint_dir: Path, unseen: ImageSet) -> dict:
     """Every final member, and the ensemble at each operating point of the run's frontier, attacked whole."""
     results = load_results(results_path(checkpoint_dir))
+    tta = bool(results["config"].get("tta_flip"))
+    if "folds" in results:
+        return score_fold_run(checkpoint_dir, results, unseen, tta)
     models = {name: load_checkpoint(entry["checkpoints"]["final"]) for name, entry in results["models"].items()
               if "final" in entry.get("checkpoints", {})}
     bases = {name: load_checkpoint(entry["checkpoints"]["base"]) for name, entry in results["models"].items()
              if name in models}
-    tta = bool(results["config"].get("tta_flip"))
     scores = {}
     for name, model in models.items():
         scores[name] = score_model(model, unseen, tta)
@@ -188,6 +192,27 @@ def score_unseen(checkpoint_dir: Path, unseen: ImageSet) -> dict:
     submitted = results.get("ensemble", {})
     if len(models) > 1 and results.get("frontier"):
         scores["ensemble"] = score_operating_points(models, results["frontier"], submitted, unseen, tta)
+    return scores
+
+
+def score_fold_run(checkpoint_dir: Path, results: dict, unseen: ImageSet, tta: bool) -> dict:
+    """A k-fold run: each architecture's fold average as a member (and each fold model alone, clean: the
+    single-split models the average is measured against), its OOF figures next to them, then the fold ensemble
+    at each operating point of the pooled frontier."""
+    k, entries = results["folds"]["k"], results["folds"]["models"]
+    folds = {name: [load_checkpoint(path) for path in fold_checkpoints(checkpoint_dir, name, k)] for name in entries}
+    models = {name: FoldAverage(members).eval() for name, members in folds.items()}
+    scores = {}
+    for name, model in models.items():
+        bases = [load_checkpoint(fold_dir(checkpoint_dir, fold) / f"{name}_base.pt") for fold in range(k)]
+        scores[name] = {**score_model(model, unseen, tta), "oof": entries[name]["oof"],
+                        "base_clean": classification_metrics(
+                            unseen.labels, predict_fake_proba(FoldAverage(bases).eval(), unseen.images, tta_flip=tta)),
+                        "fold_models_clean": [classification_metrics(unseen.labels, predict_fake_proba(
+                            m, unseen.images, tta_flip=tta))["accuracy"] for m in folds[name]]}
+    if len(models) > 1 and results.get("frontier"):
+        scores["ensemble"] = score_operating_points(models, results["frontier"], results.get("ensemble", {}),
+                                                    unseen, tta)
     return scores
 
 
@@ -244,6 +269,15 @@ def missing_apgd_note() -> str | None:
 
 
 def summarise_run(results: dict) -> dict:
+    """The run's models (a k-fold run's: their out-of-fold figures as the final validation ones), timings, config."""
+    if "folds" in results:
+        first = load_results(results_path(results["folds"]["fold_dirs"][0]))["models"]
+        return {"timings": results.get("timings", {}), "config": results.get("config", {}),
+                "ensemble_val": results.get("ensemble", {}).get("val"),
+                "ensemble_threshold_check": results.get("ensemble", {}).get("threshold_check"),
+                "models": {name: {"pretrained": first[name].get("pretrained"), "val_base": None,
+                                  "val_final": entry["oof"], "best_epoch": None} for name, entry in
+                           results["folds"]["models"].items()}}
     models = {}
     for name, entry in results.get("models", {}).items():
         models[name] = {
@@ -341,6 +375,17 @@ def markdown_section(report: dict) -> str:
             *[pct(s.get(f"pgd20_{e}")) for e in PGD_EPSILONS], *[pct(s.get(f"apgd_ce_{e}")) for e in PGD_EPSILONS],
             *[pct(s.get(c)) for c in CORRUPTIONS],
         ]) + " |")
+    fold_rows = [(name, s) for name, s in report["unseen"].items() if "oof" in s]
+    if fold_rows:
+        lines += ["", f"### Out of fold ({report['run']['config'].get('folds')} folds over the pipeline's images) "
+                      "against the unseen split\n",
+                  "| model | OOF acc [95% interval] | unseen acc, fold average | unseen acc, each fold model alone "
+                  "(mean; min-max) |", "|---|---|---:|---|"]
+        for name, s in fold_rows:
+            oof, alone = s["oof"], s["fold_models_clean"]
+            lines.append(f"| {name} | {pct(oof['accuracy'])} [{pct(oof['accuracy_ci'][0])}, "
+                         f"{pct(oof['accuracy_ci'][1])}] | {pct(s['clean']['accuracy'])} "
+                         f"| {pct(float(np.mean(alone)))}; {pct(min(alone))}-{pct(max(alone))} |")
     lines += ["", "### Pipeline (validation split inside the pipeline part)\n",
               "| model | val acc base | val acc final | base epochs kept | train img/s base | img/s fine-tune | s base "
               "| s fine-tune |",
@@ -361,7 +406,8 @@ def markdown_section(report: dict) -> str:
     unseen = report["unseen"].get("ensemble", {})
     if unseen.get("points"):
         lines += ["### The ensemble attacked whole, at each operating point (unseen split)\n",
-                  "Weights and cut as chosen on the pipeline's validation split; the ensemble (its members, weights, "
+                  "Weights and cut as chosen on the pipeline's validation split (out of fold in a k-fold run); the "
+                  "ensemble (its members, weights, "
                   "cut and flip TTA) is attacked as one model.\n",
                   "| operating point | weights | cut | acc | F1 | AUC | PGD-20 2/255 | 8/255 | APGD-CE 8/255 "
                   "| JPEG q40 | noise 0.08 | blur 1.0 |", "|---|---|" + "---:|" * 10]

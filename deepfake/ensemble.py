@@ -392,7 +392,8 @@ def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path,
         return results["frontier"]
     if config.folds:
         raise EnsembleError(f"{checkpoint_dir} holds no pooled frontier for these fold models: run `python "
-                            f"deepfake_detection.py --evaluate-only --checkpoint-dir {checkpoint_dir}`, or pass --weights")
+                            f"deepfake_detection.py --evaluate-only --checkpoint-dir {checkpoint_dir}`, "
+                            f"or pass --weights")
     log.info("results.json holds no frontier for these checkpoints; measuring it now")
     val, _ = load_validation(checkpoint_dir / SPLIT_NAME, config.image_size)
     sample = evaluation_sample(val.labels, config.eval_max_images, config.seed)

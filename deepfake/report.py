@@ -105,7 +105,8 @@ def _folds(results: dict) -> str:
     rows = []
     for name, entry in folds["models"].items():
         oof = entry["oof"]
-        rows.append((name, _with_interval(oof["accuracy"], oof["accuracy_ci"]), _with_interval(oof["auc"], oof["auc_ci"]),
+        rows.append((name, _with_interval(oof["accuracy"], oof["accuracy_ci"]),
+                     _with_interval(oof["auc"], oof["auc_ci"]),
                      " / ".join(_num(a, 3) for a in entry["fold_accuracy"])))
     links = ", ".join(f"[fold {i}](fold_{i}/{REPORT_NAME})" for i in range(folds["k"]))
     return "\n\n".join([

@@ -125,7 +125,8 @@ def test_a_fold_run_resumes_pools_out_of_fold_and_its_copied_folder_submits_and_
     assert entry["accuracy"] == pytest.approx(np.mean((oof["proba_resnet_se"] >= 0.5) == oof["label"]))
     assert entry["accuracy_ci"][0] <= entry["accuracy"] <= entry["accuracy_ci"][1]
     assert results["frontier"]["n_val"] == 120 and results["frontier"]["folds"] == 2
-    assert "Out-of-fold validation (2 folds, 120 images)" in (tmp_path / "run" / "visualizations" / "report.md").read_text()
+    report = (tmp_path / "run" / "visualizations" / "report.md").read_text()
+    assert "Out-of-fold validation (2 folds, 120 images)" in report
 
     caplog.set_level(logging.INFO)
     before = {p: p.stat().st_mtime_ns for p in root.glob("fold_*/*.pt")}
