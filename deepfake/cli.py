@@ -102,7 +102,9 @@ def default_preset_notice(args: argparse.Namespace) -> str | None:
 
 def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     """How ensemble.py and predict.py pick the members, their weights and the cut, so both call an image alike."""
-    parser.add_argument("--checkpoint-dir", default="checkpoints", help="the training run's folder (results.json)")
+    parser.add_argument("--checkpoint-dir", action="append", default=None, metavar="DIR",
+                        help="the training run's folder (results.json; default checkpoints); repeat it to average "
+                             "runs (seeds, or k-fold runs), each model scored only on images it never trained on")
     parser.add_argument("--checkpoints", default=None,
                         help="comma list of .pt files (default: every final checkpoint of the run)")
     parser.add_argument("--operating-point", default=None, choices=OPERATING_POINTS,
@@ -124,5 +126,5 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 def ensemble_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``load_ensemble`` that :func:`add_ensemble_arguments` parsed."""
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
-    return {"checkpoint_dir": args.checkpoint_dir, "checkpoints": checkpoints, "operating_point": args.operating_point,
+    return {"checkpoint_dir": args.checkpoint_dir or ["checkpoints"], "checkpoints": checkpoints, "operating_point": args.operating_point,
             "min_clean": args.min_clean, "scheme": args.weights, "threshold": args.threshold, "device": args.device}

@@ -34,7 +34,7 @@ from .fold_run import OOF_NAME, fold_checkpoints
 from .folds import FoldAverage, fold_digest
 from .frontier import choose_point, frontier_of, is_current, stored_validation
 from .inference import predict_fake_proba
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, write_json
 from .metrics import classification_metrics
 from .plots import plot_frontier, plot_models_overview
 from .report import write_report
@@ -307,7 +307,7 @@ class Ensemble:
 
 
 def load_ensemble(
-    checkpoint_dir: str | Path = "checkpoints",
+    checkpoint_dir: str | Path | list[str | Path] = "checkpoints",
     *,
     operating_point: str | None = None,
     min_clean: float | None = None,
@@ -324,9 +324,14 @@ def load_ensemble(
     split (:func:`choose_threshold`). A missing run or split and a broken checkpoint fail here, before any
     other image is read.
     """
-    checkpoint_dir = Path(checkpoint_dir)
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise EnsembleError(f"--threshold {threshold} is not a probability strictly between 0 and 1")
+    if isinstance(checkpoint_dir, list) and len(checkpoint_dir) > 1:
+        if operating_point is not None or min_clean is not None or checkpoints:
+            raise EnsembleError("several --checkpoint-dir runs are weighed by --weights (default accuracy): a frontier, "
+                                "--operating-point, --min-clean and --checkpoints belong to one run")
+        return _merged_runs([Path(d) for d in checkpoint_dir], scheme or "accuracy", threshold, device)
+    checkpoint_dir = Path(checkpoint_dir[0] if isinstance(checkpoint_dir, list) else checkpoint_dir)
     if scheme is not None and (operating_point is not None or min_clean is not None):
         raise EnsembleError("--weights sets the weights itself, so --operating-point and --min-clean do not apply: "
                             "pass one or the other")
@@ -384,6 +389,74 @@ def load_ensemble(
     )
 
 
+def _merged_runs(dirs: list[Path], scheme: str, threshold: float | None, device: str) -> Ensemble:
+    """Several runs (seeds, or fold runs) as one ensemble: each architecture averages every run's models of it, and is
+    scored on each validation image by the runs' models that never trained on it (a run's validation split, or a
+    k-fold run's OOF images), averaged; the images some architecture has no such score for are left out."""
+    if len(set(d.resolve() for d in dirs)) < len(dirs):
+        raise EnsembleError("a run folder is listed twice in --checkpoint-dir; list each once")
+    runs = [_run_validation(d, device) for d in dirs]
+    config, torch_device = runs[0][0], runs[0][1]
+    for (other, *_), folder in zip(runs[1:], dirs[1:]):
+        if (other.image_size, other.tta_flip) != (config.image_size, config.tta_flip):
+            raise EnsembleError(f"{folder} reads images at another size or flip TTA than {dirs[0]}: average runs of "
+                                f"one recipe")
+    names = list(dict.fromkeys(m.name for _, _, members, *_ in runs for m in members))
+    labels: dict[str, int] = {}
+    scored: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    for (_, _, members, _, paths, run_labels, probs), folder in zip(runs, dirs):
+        for path, label in zip(paths, run_labels):
+            if labels.setdefault(path, int(label)) != label:
+                raise EnsembleError(f"{path} is labelled differently in {folder} than in another run: average runs "
+                                    f"trained on the same labels")
+        for name, values in probs.items():
+            for path, value in zip(paths, values):
+                scored[name].setdefault(path, []).append(float(value))
+    images = [path for path in labels if all(path in scored[name] for name in names)]
+    val_labels = np.array([labels[path] for path in images], dtype=np.int64)
+    if len(np.unique(val_labels)) < 2:
+        raise EnsembleError(f"the runs in {', '.join(map(str, dirs))} share too few images that every model of them "
+                            f"was validated on: average runs of the same data and models")
+    val_member_probs = {name: np.array([np.mean(scored[name][path]) for path in images], dtype=np.float32)
+                        for name in names}
+    files = {name: tuple(p for _, _, members, *_ in runs for m in members if m.name == name
+                         for p in (m.folds or (m.checkpoint,))) for name in names}
+    members = [Member(name, dirs[0], classification_metrics(val_labels, val_member_probs[name]), None, files[name])
+               for name in names]
+    weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
+    for member in members:
+        log.info("ensemble member %s: weight %.4f (%s), the average of %d models from %d runs", member.name,
+                 weights[member.name], scheme, len(member.folds), len(dirs))
+    val_probs = weighted_fake_proba(val_member_probs, weights)
+    return Ensemble(
+        config=config, device=torch_device, results=runs[0][3], members=members,
+        models=load_models(members, torch_device), scheme=scheme, operating_point=None, weights=weights,
+        threshold=choose_threshold(val_labels, val_probs) if threshold is None else float(threshold),
+        threshold_from="validation" if threshold is None else "--threshold", val_labels=val_labels,
+        val_member_probs=val_member_probs, val_probs=val_probs,
+    )
+
+
+def _run_validation(checkpoint_dir: Path, device: str) -> tuple:
+    """(config, device, members, results, image paths, labels, {name: fake probabilities}) of one run: the images
+    its models never trained on, as a merged ensemble scores them."""
+    config = load_run_config(checkpoint_dir)
+    config.device = device
+    torch_device = setup_runtime(config)
+    results = load_results(results_path(checkpoint_dir))
+    if config.folds:
+        members = fold_members(results, checkpoint_dir)
+        labels, probs = oof_probs(checkpoint_dir, [m.name for m in members])
+        paths = pd.read_csv(checkpoint_dir / OOF_NAME)["path"].tolist()
+    else:
+        split_file = checkpoint_dir / SPLIT_NAME
+        members = trained_on_this_split(run_members(results, checkpoint_dir), split_file,
+                                        read_split_meta(split_file).get("data_id"), explicit=False)
+        paths = read_json(split_file)["val"]["paths"]
+        labels, probs = validation_probs(members, None, results, split_file, config, torch_device)
+    return config, torch_device, members, results, paths, labels, probs
+
+
 def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path, config: Config,
                      device: torch.device, store: bool) -> dict:
     """The frontier the evaluation measured for exactly these checkpoints, else measured now on the split's
@@ -404,7 +477,7 @@ def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path,
     return frontier
 
 
-def validation_probs(members: list[Member], models: dict[str, nn.Module], results: dict, split_file: Path,
+def validation_probs(members: list[Member], models: dict[str, nn.Module] | None, results: dict, split_file: Path,
                      config: Config, device: torch.device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The validation labels and each member's fake probabilities: as the evaluation stored them for these very
     checkpoint files, so a run folder copied without its data still submits, else from the split's images."""
@@ -414,7 +487,7 @@ def validation_probs(members: list[Member], models: dict[str, nn.Module], result
     if stored is not None:
         return stored
     val, _ = load_validation(split_file, config.image_size)
-    return val.labels, member_probs(models, val.images, config, device)
+    return val.labels, member_probs(models or load_models(members, device), val.images, config, device)
 
 
 def oof_probs(checkpoint_dir: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -428,7 +501,7 @@ def oof_probs(checkpoint_dir: Path, names: list[str]) -> tuple[np.ndarray, dict[
 
 
 def run_ensemble(
-    checkpoint_dir: str | Path = "checkpoints",
+    checkpoint_dir: str | Path | list[str | Path] = "checkpoints",
     *,
     test_dir: str | Path | None = None,
     output: str | Path = "submission.json",
@@ -448,7 +521,7 @@ def run_ensemble(
     first file is written, and each file is replaced atomically.
     """
     started = time.perf_counter()
-    checkpoint_dir, output = Path(checkpoint_dir), Path(output)
+    output = Path(output)
     ensemble = load_ensemble(checkpoint_dir, operating_point=operating_point, min_clean=min_clean, scheme=scheme,
                              threshold=threshold, checkpoints=checkpoints, device=device)
     config, members, weights, val_labels = ensemble.config, ensemble.members, ensemble.weights, ensemble.val_labels
@@ -508,7 +581,9 @@ def run_ensemble(
         with atomic_path(probabilities) as tmp:
             probability_table(test, indices, test_member_probs, test_probs, threshold).to_csv(tmp, index=False)
     _log_outcome(meta)
-    record_ensemble(checkpoint_dir, config.viz_dir, meta)
+    if not isinstance(checkpoint_dir, list) or len(checkpoint_dir) == 1:  # several runs: no one run's record
+        record_ensemble(Path(checkpoint_dir[0] if isinstance(checkpoint_dir, list) else checkpoint_dir),
+                        config.viz_dir, meta)
     return meta
 
 

@@ -217,7 +217,7 @@ def figure_name(path: Path, taken: set[str]) -> str:
 def run_predict(
     paths: Sequence[str | Path],
     *,
-    checkpoint_dir: str | Path = "checkpoints",
+    checkpoint_dir: str | Path | list[str | Path] = "checkpoints",
     checkpoints: list[str | Path] | None = None,
     output: str | Path | None = None,
     explain_dir: str | Path | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,3 +157,41 @@ def test_a_fold_run_resumes_pools_out_of_fold_and_its_copied_folder_submits_and_
             load_ensemble(copied, checkpoints=[copied / "fold_0" / "resnet_se_final.pt"])
     finally:
         shutil.move(tmp_path / "gone", demo_dir)
+
+
+def test_two_runs_average_and_each_model_is_scored_only_on_images_it_never_trained_on(tiny_run, tmp_path, demo_dir):
+    from deepfake.ensemble import EnsembleError, load_ensemble, run_ensemble
+    from deepfake.pipeline import run
+
+    other = run_config(tmp_path / "seed43", demo_dir, seed=43, models=("resnet_se",))
+    run(other)
+    dirs = [tiny_run.checkpoint_dir, other.checkpoint_dir]
+    splits = [json.loads((Path(d) / "split.json").read_text()) for d in dirs]
+    trained = [set(s["train"]["paths"]) for s in splits]
+    validated = [dict(zip(s["val"]["paths"], s["val"]["labels"])) for s in splits]
+    stored = [json.loads((Path(d) / "results.json").read_text())["frontier"]["val"]["fake_proba"]["resnet_se"]
+              for d in dirs]
+    ensemble = load_ensemble(dirs)
+    assert ensemble.scheme == "accuracy" and set(ensemble.weights) == {"resnet_se", "convnext_tiny", "efficientnet_b0"}
+    assert len(ensemble.models["resnet_se"].models) == 2 and len(ensemble.models["convnext_tiny"].models) == 1
+    # every member is scored on the images it has a score for: the first run's validation images (its alone
+    # models), resnet_se there by each run whose model never trained on the image
+    both = set(validated[0]) & set(validated[1])
+    assert both and set(validated[0]) - both
+    expected = []
+    for path in validated[0]:
+        probs = [run_probs[list(run_validated).index(path)]
+                 for run_validated, run_probs in zip(validated, stored) if path in run_validated]
+        assert all(path not in run_trained for run_trained, run_validated in zip(trained, validated)
+                   if path in run_validated)
+        expected.append(np.mean(probs))
+    assert len(ensemble.val_labels) == len(validated[0])
+    np.testing.assert_allclose(sorted(ensemble.val_member_probs["resnet_se"]), sorted(expected), rtol=1e-5)
+    assert not np.allclose(sorted(ensemble.val_member_probs["resnet_se"]), sorted(stored[0]), rtol=1e-3)
+    meta = run_ensemble(dirs, test_dir=demo_dir / "test", output=tmp_path / "merged.json")
+    assert meta["n_val"] == len(validated[0])
+    assert {m["name"]: len(m["folds"]) for m in meta["members"]}["resnet_se"] == 2
+    with pytest.raises(EnsembleError, match="several --checkpoint-dir runs are weighed by --weights"):
+        load_ensemble(dirs, operating_point="robust")
+    with pytest.raises(EnsembleError, match="listed twice"):
+        load_ensemble([dirs[0], dirs[0]])
