@@ -50,7 +50,7 @@ def pool_folds(config: Config, device: torch.device) -> dict:
     names = [name for name in config.models if all(
         "final" in f.get("models", {}).get(name, {}).get("checkpoints", {}) and name in f.get("frontier", {}).get(
             "members", {}) for f in folds)]
-    for name in [n for n in config.models if n not in names]:
+    for name in [n for n in config.models if n not in names and any(n in f.get("models", {}) for f in folds)]:
         log.warning("%s did not finish in every fold; left out of the out-of-fold record (rerun the same command to "
                     "retrain it)", name)
     if not names:
