@@ -64,7 +64,8 @@ TABLE_CELLS = [("attack_before", ("clean", *ATTACK_EPSILONS)), ("attack_after", 
                ("corrupted_before", CORRUPTIONS), ("corrupted_after", CORRUPTIONS)]  # record key, its columns
 # Levers measured, not kept and removed from Config, at the value that turned them off: older records carry them.
 RETIRED_FIELDS = {"cutout_prob": 0.0, "mixup_alpha": 0.0, "ema_decay": 0.0, "trades_beta": 0.0,
-                  "finetune_corruption_prob": 0.0, "pseudo_label_confidence": 0.0}
+                  "finetune_corruption_prob": 0.0, "pseudo_label_confidence": 0.0, "finetune_eps_ramp": 0.0,
+                  "nfgsm_noise": 0.0, "rst_teacher": ""}
 LEVER_BUDGET = {"base_epochs": 8, "patience": 8}  # the --set of the reference row (see write_table)
 SPEED_ONLY = {"weights_dir", "threads"}  # fields a reference row of another preset may set (see write_table)
 PHASE2_KEYS = {"finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
