@@ -5,7 +5,9 @@ frontier (deepfake/frontier.py), ``balanced`` by default: a brittle member that 
 under attack, so weights chosen for accuracy alone give away robustness nobody chose to give away;
 ``--weights`` weighs by validation scores instead. A cut chosen on validation corrects a lean the members
 share (towards "fake" in the benchmark runs). ``predict.py`` calls any image with the same members, weights
-and cut (:func:`load_ensemble`). Every submission gets a meta file naming the exact checkpoints (sha256),
+and cut (:func:`load_ensemble`). A k-fold run's members average their fold models, weighed and cut out of
+fold; several runs (``--checkpoint-dir`` repeated) average each architecture's models, each scored only on
+images it never trained on. Every submission gets a meta file naming the exact checkpoints (sha256),
 weights, operating point and cut behind it, and the ensemble is scored next to each single model on the
 run's validation split, so a leaderboard score can be traced back to its models and checked against them.
 """
@@ -389,28 +391,41 @@ def load_ensemble(
     )
 
 
+@dataclass
+class _RunScores:
+    """One run of a merged ensemble: its members, and the images they never trained on with their scores."""
+
+    config: Config
+    device: torch.device
+    results: dict
+    members: list[Member]
+    paths: list[str]  # the validation images (a k-fold run: every OOF image), as the run recorded them
+    labels: np.ndarray
+    probs: dict[str, np.ndarray]  # each member's fake probability of each of them
+
+
 def _merged_runs(dirs: list[Path], scheme: str, threshold: float | None, device: str) -> Ensemble:
     """Several runs (seeds, or fold runs) as one ensemble: each architecture averages every run's models of it, and is
     scored on each validation image by the runs' models that never trained on it (a run's validation split, or a
     k-fold run's OOF images), averaged; the images some architecture has no such score for are left out."""
     if len(set(d.resolve() for d in dirs)) < len(dirs):
         raise EnsembleError("a run folder is listed twice in --checkpoint-dir; list each once")
-    runs = [_run_validation(d, device) for d in dirs]
-    config, torch_device = runs[0][0], runs[0][1]
-    for (other, *_), folder in zip(runs[1:], dirs[1:]):
-        if (other.image_size, other.tta_flip) != (config.image_size, config.tta_flip):
+    runs = [_run_scores(d, device) for d in dirs]
+    first = runs[0]
+    for run, folder in zip(runs[1:], dirs[1:]):
+        if (run.config.image_size, run.config.tta_flip) != (first.config.image_size, first.config.tta_flip):
             raise EnsembleError(f"{folder} reads images at another size or flip TTA than {dirs[0]}: average runs of "
                                 f"one recipe")
-    names = list(dict.fromkeys(m.name for _, _, members, *_ in runs for m in members))
+    names = list(dict.fromkeys(m.name for run in runs for m in run.members))
     labels: dict[str, int] = {}
     scored: dict[str, dict[str, list[float]]] = {name: {} for name in names}
-    for (_, _, members, _, paths, run_labels, probs), folder in zip(runs, dirs):
-        for path, label in zip(paths, run_labels):
+    for run, folder in zip(runs, dirs):
+        for path, label in zip(run.paths, run.labels):
             if labels.setdefault(path, int(label)) != label:
                 raise EnsembleError(f"{path} is labelled differently in {folder} than in another run: average runs "
                                     f"trained on the same labels")
-        for name, values in probs.items():
-            for path, value in zip(paths, values):
+        for name, values in run.probs.items():
+            for path, value in zip(run.paths, values):
                 scored[name].setdefault(path, []).append(float(value))
     images = [path for path in labels if all(path in scored[name] for name in names)]
     val_labels = np.array([labels[path] for path in images], dtype=np.int64)
@@ -419,8 +434,8 @@ def _merged_runs(dirs: list[Path], scheme: str, threshold: float | None, device:
                             f"was validated on: average runs of the same data and models")
     val_member_probs = {name: np.array([np.mean(scored[name][path]) for path in images], dtype=np.float32)
                         for name in names}
-    files = {name: tuple(p for _, _, members, *_ in runs for m in members if m.name == name
-                         for p in (m.folds or (m.checkpoint,))) for name in names}
+    files = {name: tuple(p for run in runs for m in run.members if m.name == name for p in (m.folds or (m.checkpoint,)))
+             for name in names}
     members = [Member(name, dirs[0], classification_metrics(val_labels, val_member_probs[name]), None, files[name])
                for name in names]
     weights = ensemble_weights({m.name: m.val_metrics for m in members}, scheme)
@@ -429,17 +444,16 @@ def _merged_runs(dirs: list[Path], scheme: str, threshold: float | None, device:
                  weights[member.name], scheme, len(member.folds), len(dirs))
     val_probs = weighted_fake_proba(val_member_probs, weights)
     return Ensemble(
-        config=config, device=torch_device, results=runs[0][3], members=members,
-        models=load_models(members, torch_device), scheme=scheme, operating_point=None, weights=weights,
+        config=first.config, device=first.device, results=first.results, members=members,
+        models=load_models(members, first.device), scheme=scheme, operating_point=None, weights=weights,
         threshold=choose_threshold(val_labels, val_probs) if threshold is None else float(threshold),
         threshold_from="validation" if threshold is None else "--threshold", val_labels=val_labels,
         val_member_probs=val_member_probs, val_probs=val_probs,
     )
 
 
-def _run_validation(checkpoint_dir: Path, device: str) -> tuple:
-    """(config, device, members, results, image paths, labels, {name: fake probabilities}) of one run: the images
-    its models never trained on, as a merged ensemble scores them."""
+def _run_scores(checkpoint_dir: Path, device: str) -> _RunScores:
+    """One run's members and the images they never trained on, as a merged ensemble scores them."""
     config = load_run_config(checkpoint_dir)
     config.device = device
     torch_device = setup_runtime(config)
@@ -454,7 +468,7 @@ def _run_validation(checkpoint_dir: Path, device: str) -> tuple:
                                         read_split_meta(split_file).get("data_id"), explicit=False)
         paths = read_json(split_file)["val"]["paths"]
         labels, probs = validation_probs(members, None, results, split_file, config, torch_device)
-    return config, torch_device, members, results, paths, labels, probs
+    return _RunScores(config, torch_device, results, members, paths, labels, probs)
 
 
 def members_frontier(members: list[Member], results: dict, checkpoint_dir: Path, config: Config,
