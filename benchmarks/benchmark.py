@@ -38,9 +38,9 @@ from benchmarks.lite0_weights import convert, wheel_file
 from deepfake.checkpoints import load_checkpoint
 from deepfake.corruptions import apply_corruption
 from deepfake.data import ImageSet, load_labelled, split_indices
+from deepfake.cut import CROSSFIT_FOLDS, weight_label, weighted_fake_proba
 from deepfake.fold_run import fold_checkpoints
 from deepfake.folds import FoldAverage, fold_dir
-from deepfake.cut import CROSSFIT_FOLDS, weight_label, weighted_fake_proba
 from deepfake.frontier import EnsembleModel, attacked_accuracy
 from deepfake.inference import as_nchw_uint8, predict_fake_proba, to_float
 from deepfake.io import write_json, write_text
@@ -413,7 +413,8 @@ def markdown_section(report: dict) -> str:
                   "| JPEG q40 | noise 0.08 | blur 1.0 |", "|---|---|" + "---:|" * 10]
         for name, p in sorted(unseen["points"].items(), key=lambda item: POINT_ORDER.index(item[0])):
             lines.append("| " + " | ".join([
-                name + (" (submitted)" if name == unseen.get("submitted") else ""), weight_label(p["weights"]), f"{p['threshold']:.3f}",
+                name + (" (submitted)" if name == unseen.get("submitted") else ""), weight_label(p["weights"]),
+                f"{p['threshold']:.3f}",
                 *[pct(p["clean"][m]) for m in ("accuracy", "f1", "auc")],
                 *[pct(p.get(k)) for k in ("pgd20_2/255", "pgd20_8/255", "apgd_ce_8/255")],
                 *[pct(p.get(c)) for c in CORRUPTIONS]]) + " |")

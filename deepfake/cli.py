@@ -126,5 +126,6 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 def ensemble_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``load_ensemble`` that :func:`add_ensemble_arguments` parsed."""
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
-    return {"checkpoint_dir": args.checkpoint_dir or ["checkpoints"], "checkpoints": checkpoints, "operating_point": args.operating_point,
-            "min_clean": args.min_clean, "scheme": args.weights, "threshold": args.threshold, "device": args.device}
+    return {"checkpoint_dir": args.checkpoint_dir or ["checkpoints"], "checkpoints": checkpoints,
+            "operating_point": args.operating_point, "min_clean": args.min_clean, "scheme": args.weights,
+            "threshold": args.threshold, "device": args.device}

@@ -328,12 +328,13 @@ def load_ensemble(
     """
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise EnsembleError(f"--threshold {threshold} is not a probability strictly between 0 and 1")
-    if isinstance(checkpoint_dir, list) and len(checkpoint_dir) > 1:
+    dirs = run_dirs(checkpoint_dir)
+    if len(dirs) > 1:
         if operating_point is not None or min_clean is not None or checkpoints:
-            raise EnsembleError("several --checkpoint-dir runs are weighed by --weights (default accuracy): a frontier, "
-                                "--operating-point, --min-clean and --checkpoints belong to one run")
-        return _merged_runs([Path(d) for d in checkpoint_dir], scheme or "accuracy", threshold, device)
-    checkpoint_dir = Path(checkpoint_dir[0] if isinstance(checkpoint_dir, list) else checkpoint_dir)
+            raise EnsembleError("several --checkpoint-dir runs are weighed by --weights (default accuracy): a "
+                                "frontier, --operating-point, --min-clean and --checkpoints belong to one run")
+        return _merged_runs(dirs, scheme or "accuracy", threshold, device)
+    checkpoint_dir = dirs[0]
     if scheme is not None and (operating_point is not None or min_clean is not None):
         raise EnsembleError("--weights sets the weights itself, so --operating-point and --min-clean do not apply: "
                             "pass one or the other")
@@ -404,6 +405,11 @@ class _RunScores:
     probs: dict[str, np.ndarray]  # each member's fake probability of each of them
 
 
+def run_dirs(checkpoint_dir: str | Path | list[str | Path]) -> list[Path]:
+    """The run folders ``--checkpoint-dir`` named: one, or several to average."""
+    return [Path(d) for d in checkpoint_dir] if isinstance(checkpoint_dir, list) else [Path(checkpoint_dir)]
+
+
 def _merged_runs(dirs: list[Path], scheme: str, threshold: float | None, device: str) -> Ensemble:
     """Several runs (seeds, or fold runs) as one ensemble: each architecture averages every run's models of it, and is
     scored on each validation image by the runs' models that never trained on it (a run's validation split, or a
@@ -460,8 +466,8 @@ def _run_scores(checkpoint_dir: Path, device: str) -> _RunScores:
     results = load_results(results_path(checkpoint_dir))
     if config.folds:
         members = fold_members(results, checkpoint_dir)
-        labels, probs = oof_probs(checkpoint_dir, [m.name for m in members])
-        paths = pd.read_csv(checkpoint_dir / OOF_NAME)["path"].tolist()
+        table = _oof_table(checkpoint_dir)
+        paths, (labels, probs) = table["path"].tolist(), _oof_columns(table, [m.name for m in members])
     else:
         split_file = checkpoint_dir / SPLIT_NAME
         members = trained_on_this_split(run_members(results, checkpoint_dir), split_file,
@@ -506,11 +512,18 @@ def validation_probs(members: list[Member], models: dict[str, nn.Module] | None,
 
 def oof_probs(checkpoint_dir: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A k-fold run's labels and each member's out-of-fold fake probabilities, from its OOF table."""
+    return _oof_columns(_oof_table(checkpoint_dir), names)
+
+
+def _oof_table(checkpoint_dir: Path) -> pd.DataFrame:
     path = checkpoint_dir / OOF_NAME
     if not path.is_file():
         raise EnsembleError(f"{path} is missing: run `python deepfake_detection.py --evaluate-only --checkpoint-dir "
                             f"{checkpoint_dir}` to pool the folds again")
-    table = pd.read_csv(path)
+    return pd.read_csv(path)
+
+
+def _oof_columns(table: pd.DataFrame, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return table["label"].to_numpy(np.int64), {name: table[f"proba_{name}"].to_numpy(np.float32) for name in names}
 
 
@@ -595,9 +608,9 @@ def run_ensemble(
         with atomic_path(probabilities) as tmp:
             probability_table(test, indices, test_member_probs, test_probs, threshold).to_csv(tmp, index=False)
     _log_outcome(meta)
-    if not isinstance(checkpoint_dir, list) or len(checkpoint_dir) == 1:  # several runs: no one run's record
-        record_ensemble(Path(checkpoint_dir[0] if isinstance(checkpoint_dir, list) else checkpoint_dir),
-                        config.viz_dir, meta)
+    dirs = run_dirs(checkpoint_dir)
+    if len(dirs) == 1:  # several runs: no one run's record
+        record_ensemble(dirs[0], config.viz_dir, meta)
     return meta
 
 

@@ -67,9 +67,9 @@ def pool_folds(config: Config, device: torch.device) -> dict:
     with atomic_path(root / OOF_NAME) as tmp:
         table.to_csv(tmp, index=False)
     labels = table["label"].to_numpy()
-    members = {name: {"checkpoint": str(root), "folds": [str(p) for p in fold_checkpoints(root, name, k)],
-                      "sha256": fold_digest([file_sha256(p) for p in fold_checkpoints(root, name, k)])}
-               for name in names}
+    files = {name: fold_checkpoints(root, name, k) for name in names}
+    members = {name: {"checkpoint": str(root), "folds": [str(p) for p in paths],
+                      "sha256": fold_digest([file_sha256(p) for p in paths])} for name, paths in files.items()}
     same_members = all(set(f["members"]) == set(names) for f in frontiers)
     if not same_members:
         log.warning("the folds' ensembles hold different models, so their frontiers cannot be pooled: ensemble.py "

@@ -187,7 +187,8 @@ def _frontier(results: dict, viz_dir: Path) -> str:
 
 def _point_row(point: dict) -> tuple[str, ...]:
     corrupted = sum(point["corruption_accuracy"].values()) / max(1, len(point["corruption_accuracy"]))
-    return weight_label(point["weights"]), f"{point['threshold']:.3f}", _num(clean_score(point)), _num(corrupted), _num(point["pgd_8/255"])
+    return (weight_label(point["weights"]), f"{point['threshold']:.3f}", _num(clean_score(point)), _num(corrupted),
+            _num(point["pgd_8/255"]))
 
 
 def _model_section(name: str, entry: dict, viz_dir: Path) -> str:
