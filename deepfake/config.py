@@ -84,6 +84,9 @@ class Config:
     # bf16_models named here also craft phase 2's adversarial share and compute its anchor targets in the training
     # steps' precision when that is bfloat16 (train._phase2_precision); else, and in evaluation, attacks are float32
     bf16_crafting: tuple[str, ...] = ()
+    # a model whose base model labels the unlabelled test images, which then join every other model's phase-2
+    # pool (robust self-training, deepfake/self_training.py); its calls' digest, not this name, is fingerprinted
+    self_training_teacher: str = ""
     # Generated samples (from the training split only)
     augment_per_class: int = 250
     adversarial_count: int = 400
@@ -217,6 +220,9 @@ def make_config(preset: str = "full", /, **overrides) -> Config:
         raise ConfigError(f"model_width multipliers must be positive, got {', '.join(bad_widths)}")
     if len(set(config.models)) < len(config.models):
         raise ConfigError(f"models names a model twice ({', '.join(config.models)}); name each once")
+    if config.self_training_teacher and _unknown_models((config.self_training_teacher,)):
+        raise ConfigError(f"unknown model in self_training_teacher: {config.self_training_teacher}; choose from "
+                          f"{', '.join(MODEL_NAMES)} or a timm model name")
     idle = [m for m in config.bf16_crafting if m not in config.bf16_models]
     if idle:
         raise ConfigError(f"bf16_crafting names {', '.join(idle)}, not in bf16_models: its training steps run in "

@@ -20,7 +20,8 @@ from torch import nn
 from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TRAINING_KEYS, Config
-from .data import (SPLIT_NAME, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
+from .errors import ConfigError
+from .data import (SPLIT_NAME, DataError, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
                    split_indices)
 from .evaluate import evaluate_run
 from .folds import fold_indices
@@ -31,6 +32,7 @@ from .pretrained import require_weights
 from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
 from .runtime import seed_everything, setup_runtime
 from .samples import adversarial_samples, augmented_samples
+from .self_training import teacher_labelled
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, train_phase
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
 
     fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
     trainer = _ModelTrainer(config, device, path, fingerprint, data_id, force)
+    _check_teacher(config, trainer, test_dir, data_dir)
     base_ready = [name for name in config.models if trainer.base(name, train_pool, val, timings)]
     if not base_ready:
         raise NonFiniteLossError("no model finished base training (see the errors above): lower the learning rate "
@@ -163,14 +166,48 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
 
     _record(path, record_samples)
 
+    taught = _self_training(config, trainer, test_dir, val, device, path)
     for name in base_ready:
-        trainer.finetune(name, finetune_pool, val, timings)
+        if taught and name != config.self_training_teacher:
+            trainer.finetune(name, ImageSet.concat(finetune_pool, taught[0]), val, timings, taught[1])
+        else:
+            trainer.finetune(name, finetune_pool, val, timings)
 
     if not distributed.is_main():
         return {}
     with timed(timings, "evaluate"):
         evaluate_run(config, device)
     return update_results(path, lambda r: r.update(timings=timings))
+
+
+def _check_teacher(config: Config, trainer: _ModelTrainer, test_dir: Path | None, data_dir: Path) -> None:
+    """Stop before any training when self-training cannot happen: no teacher to train or reuse, no test images."""
+    teacher = config.self_training_teacher
+    if not teacher:
+        return
+    if teacher not in config.models and not trainer.is_current(teacher, "base"):
+        raise ConfigError(f"self_training_teacher {teacher} has no base model in {config.checkpoint_dir}: add it to "
+                          f"--models, or --set self_training_teacher=''")
+    if test_dir is None:
+        raise DataError(f"self_training_teacher needs unlabelled images in {data_dir / 'test'}: add them, or "
+                        f"--set self_training_teacher=''")
+
+
+def _self_training(config: Config, trainer: _ModelTrainer, test_dir: Path | None, val: ImageSet,
+                   device: torch.device, results_file: Path) -> tuple[ImageSet, str] | None:
+    """The test images labelled by the teacher's base model, and their digest; None without a teacher."""
+    teacher = config.self_training_teacher
+    if not teacher:
+        return None
+    if not trainer.is_current(teacher, "base"):
+        raise NonFiniteLossError(f"self_training_teacher {teacher} has no base model (see the errors above): "
+                                 f"fix its training, or --set self_training_teacher=''")
+    model = load_checkpoint(trainer.checkpoint(teacher, "base"), device)
+    taught, digest = teacher_labelled(model, teacher, test_dir, val, config.image_size, device)
+    _record(results_file, lambda results: results.update(self_training={
+        "teacher": teacher, "test_dir": str(test_dir), "images": len(taught), "called_fake": int(taught.labels.sum()),
+        "digest": digest, "students": [name for name in config.models if name != teacher]}))
+    return taught, digest
 
 
 def _record(path: Path, mutate: Callable[[dict], None]) -> None:
@@ -191,25 +228,27 @@ class _ModelTrainer:
         return Path(self.config.checkpoint_dir) / f"{name}_{phase}.pt"
 
     def base(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
-        if self._is_current(name, "final") or self._is_current(name, "base"):
+        if self.is_current(name, "final") or self.is_current(name, "base"):
             log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
             return True
         return self._train(name, lambda: build_from_config(name, self.config).to(self.device),
                            lambda model: base_settings(self.config, name, model.pretrained_loaded), pool, val, timings)
 
-    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
-        if self._is_current(name, "final"):
+    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict, taught: str | None = None) -> bool:
+        """Phase 2; ``taught`` is the digest of the self-training images in ``pool``, checked on resume."""
+        if self.is_current(name, "final", self_training=taught):
             log.info("%s: final checkpoint matches the config, skipping phase 2 (--force retrains)", name)
             return True
         return self._train(name, lambda: load_checkpoint(self.checkpoint(name, "base"), self.device),
-                           lambda model: finetune_settings(self.config, name), pool, val, timings)
+                           lambda model: finetune_settings(self.config, name), pool, val, timings,
+                           {"self_training": taught} if taught else {})
 
     def best_base(self, names: list[str]) -> str:
         accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}
         return max(accuracies, key=accuracies.get)
 
     def _train(self, name, make_model: Callable[[], nn.Module], make_settings: Callable[[nn.Module], PhaseSettings],
-               pool, val, timings) -> bool:
+               pool, val, timings, provenance: dict | None = None) -> bool:
         # Reseeded per phase: a model's initialisation and dropout must not depend on which models
         # trained (or were skipped as already trained) before it, so a resumed or single-model run
         # rebuilds the model a full run made.
@@ -237,7 +276,8 @@ class _ModelTrainer:
         if distributed.is_main():
             save_checkpoint(
                 self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,
-                metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id},
+                metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id,
+                         **(provenance or {})},
             )
 
         def record(results: dict) -> None:
@@ -257,19 +297,21 @@ class _ModelTrainer:
             results["timings"] = timings
 
         _record(self.results_file, record)
-        distributed.barrier()  # the other ranks read this checkpoint next (phase 2, best_base, _is_current)
+        distributed.barrier()  # the other ranks read this checkpoint next (phase 2, best_base, is_current)
         log.info("%s: %s done, kept epoch %d, val accuracy %.4f -> %s", name, settings.name, outcome.best_epoch,
                  outcome.val_metrics["accuracy"], self.checkpoint(name, phase))
         return True
 
-    def _is_current(self, name: str, phase: str) -> bool:
+    def is_current(self, name: str, phase: str, **provenance) -> bool:
+        """Whether the checkpoint was made by this config (and, for each ``provenance`` key, from that input)."""
         if self.force or not self.checkpoint(name, phase).exists():
             return False
         try:
-            payload = read_checkpoint(self.checkpoint(name, phase))
+            metrics = read_checkpoint(self.checkpoint(name, phase)).get("metrics", {})
         except CheckpointError:
             return False
-        return payload.get("metrics", {}).get("fingerprint") == self.fingerprint
+        return metrics.get("fingerprint") == self.fingerprint and all(
+            metrics.get(key) == value for key, value in provenance.items())
 
 
 def _class_counts(images: ImageSet) -> dict[str, int]:
