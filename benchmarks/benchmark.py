@@ -37,13 +37,14 @@ from benchmarks.lite0_weights import TIMM_NAME as LITE0
 from benchmarks.lite0_weights import convert, wheel_file
 from deepfake.checkpoints import load_checkpoint
 from deepfake.corruptions import apply_corruption
-from deepfake.data import ImageSet, load_labelled, split_indices
+from deepfake.data import ImageSet, file_number, load_labelled, split_indices
 from deepfake.cut import CROSSFIT_FOLDS, weight_label, weighted_fake_proba
 from deepfake.fold_run import fold_checkpoints
 from deepfake.folds import FoldAverage, fold_dir
 from deepfake.frontier import EnsembleModel, attacked_accuracy
 from deepfake.inference import as_nchw_uint8, predict_fake_proba, to_float
 from deepfake.io import write_json, write_text
+from deepfake.labels import read_labels
 from deepfake.metrics import classification_metrics
 from deepfake.pretrained import weights_file
 from deepfake.results import kept_epochs, load_results, machine_description, results_path
@@ -76,6 +77,9 @@ def main() -> int:
                         help="passed to the pipeline's --set (the run's name then needs --name)")
     parser.add_argument("--name", default=None, help="the run's name (default: the preset, and -seedN)")
     parser.add_argument("--max-unseen", type=int, default=0, help="score only this many unseen images (0 = all)")
+    parser.add_argument("--challenge-labels", action="store_true",
+                        help="train on the challenge's JSON label files (its organisers' calls) instead of the folder "
+                             "names, and score the unseen split against both")
     args = parser.parse_args()
 
     name = args.name or (args.preset if args.train_seed is None else f"{args.preset}-seed{args.train_seed}")
@@ -87,6 +91,8 @@ def main() -> int:
     pipeline_data, unseen = prepare_split(args.data, run_dir / "data", args.unseen_fraction, args.seed)
     if args.max_unseen:
         unseen = unseen.subset(np.arange(min(args.max_unseen, len(unseen))))
+    label_files = challenge_label_files(args.data, pipeline_data) if args.challenge_labels else []
+    challenge = challenge_labels(args.data, unseen) if args.challenge_labels else None
     stage_seconds = {}
     command = [
         sys.executable, "deepfake_detection.py", "--preset", args.preset, "--data-dir", str(pipeline_data),
@@ -94,6 +100,7 @@ def main() -> int:
         "--generated-dir", str(run_dir / "generated"),
     ] + (["--models", args.models] if args.models else []) + (
         ["--weights-dir", str(args.weights_dir)] if args.preset == "pretrained" else []) + (
+        ["--labels", *map(str, label_files)] if label_files else []) + (
         ["--set", *args.overrides, *([] if args.train_seed is None else [f"seed={args.train_seed}"])]
         if args.overrides or args.train_seed is not None else [])
     ensemble_command = [
@@ -111,7 +118,7 @@ def main() -> int:
     if note:
         print(note, file=sys.stderr)
     started = time.perf_counter()
-    scores = score_unseen(run_dir / "checkpoints", unseen)
+    scores = score_unseen(run_dir / "checkpoints", unseen, challenge)
     stage_seconds["unseen scoring"] = round(time.perf_counter() - started, 1)
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -121,7 +128,9 @@ def main() -> int:
         "pipeline_command": " ".join(command[1:]).replace(f"{REPO}/", ""),
         "preset": args.preset,
         "train_seed": args.train_seed,
-        "split": {"pipeline_images": count_images(pipeline_data), "unseen_images": len(unseen), "seed": args.seed},
+        "split": {"pipeline_images": count_images(pipeline_data), "unseen_images": len(unseen), "seed": args.seed,
+                  "labels": "challenge JSON files" if label_files else "folder names",
+                  "unseen_labels_differ": None if challenge is None else int((challenge != unseen.labels).sum())},
         "stage_seconds": stage_seconds,
         "run": summarise_run(load_results(results_path(run_dir / "checkpoints"))),
         "unseen": scores,
@@ -152,6 +161,26 @@ def prepare_split(source: Path, target: Path, unseen_fraction: float, seed: int)
     return target, labelled.subset(unseen_idx)
 
 
+def challenge_label_files(source: Path, target: Path) -> list[Path]:
+    """The challenge's JSON label files cut down to the pipeline's images (target/labels/), which the pipeline
+    reads with --labels: the full files name the unseen images too, which the pipeline must not find."""
+    files = []
+    for name in ("real", "fake"):
+        original = source / "labels" / f"{name}_cifake_preds.json"
+        linked = {file_number(path) for path in (target / "train" / name).iterdir()}
+        entries = [entry for entry in json.loads(original.read_text()) if int(entry["index"]) in linked]
+        files.append(target / "labels" / original.name)
+        write_json(files[-1], entries)
+    return files
+
+
+def challenge_labels(source: Path, unseen: ImageSet) -> np.ndarray:
+    """The unseen images' labels in the challenge's JSON files (0 real, 1 fake)."""
+    labels = {path.resolve(): label for path, label in read_labels(
+        [source / "labels" / f"{name}_cifake_preds.json" for name in ("real", "fake")], source).items()}
+    return np.array([labels[Path(path).resolve()] for path in unseen.paths], dtype=np.int64)
+
+
 def recorded_training_seconds(report_path: Path, checkpoint_dir: Path) -> dict:
     """The pipeline's wall time from the last report, when that report describes this very run (the same
     stage timings in its results.json), else the sum of the run's own stage timings (its wall time less
@@ -174,28 +203,30 @@ def count_images(data_dir: Path) -> int:
     return sum(1 for _ in (data_dir / "train").glob("*/*.png"))
 
 
-def score_unseen(checkpoint_dir: Path, unseen: ImageSet) -> dict:
-    """Every final member, and the ensemble at each operating point of the run's frontier, attacked whole."""
+def score_unseen(checkpoint_dir: Path, unseen: ImageSet, challenge: np.ndarray | None = None) -> dict:
+    """Every final member, and the ensemble at each operating point of the run's frontier, attacked whole; with
+    ``challenge`` labels, the clean calls also scored against them."""
     results = load_results(results_path(checkpoint_dir))
     tta = bool(results["config"].get("tta_flip"))
     if "folds" in results:
-        return score_fold_run(checkpoint_dir, results, unseen, tta)
+        return score_fold_run(checkpoint_dir, results, unseen, tta, challenge)
     models = {name: load_checkpoint(entry["checkpoints"]["final"]) for name, entry in results["models"].items()
               if "final" in entry.get("checkpoints", {})}
     bases = {name: load_checkpoint(entry["checkpoints"]["base"]) for name, entry in results["models"].items()
              if name in models}
     scores = {}
     for name, model in models.items():
-        scores[name] = score_model(model, unseen, tta)
+        scores[name] = score_model(model, unseen, tta, challenge)
         scores[name]["base_clean"] = classification_metrics(
             unseen.labels, predict_fake_proba(bases[name], unseen.images, tta_flip=tta))
     submitted = results.get("ensemble", {})
     if len(models) > 1 and results.get("frontier"):
-        scores["ensemble"] = score_operating_points(models, results["frontier"], submitted, unseen, tta)
+        scores["ensemble"] = score_operating_points(models, results["frontier"], submitted, unseen, tta, challenge)
     return scores
 
 
-def score_fold_run(checkpoint_dir: Path, results: dict, unseen: ImageSet, tta: bool) -> dict:
+def score_fold_run(checkpoint_dir: Path, results: dict, unseen: ImageSet, tta: bool,
+                   challenge: np.ndarray | None = None) -> dict:
     """A k-fold run: each architecture's fold average as a member (and each fold model alone, clean: the
     single-split models the average is measured against), its OOF figures next to them, then the fold ensemble
     at each operating point of the pooled frontier."""
@@ -205,21 +236,29 @@ def score_fold_run(checkpoint_dir: Path, results: dict, unseen: ImageSet, tta: b
     scores = {}
     for name, model in models.items():
         bases = [load_checkpoint(fold_dir(checkpoint_dir, fold) / f"{name}_base.pt") for fold in range(k)]
-        scores[name] = {**score_model(model, unseen, tta), "oof": entries[name]["oof"],
+        scores[name] = {**score_model(model, unseen, tta, challenge), "oof": entries[name]["oof"],
                         "base_clean": classification_metrics(
                             unseen.labels, predict_fake_proba(FoldAverage(bases).eval(), unseen.images, tta_flip=tta)),
                         "fold_models_clean": [classification_metrics(unseen.labels, predict_fake_proba(
                             m, unseen.images, tta_flip=tta))["accuracy"] for m in folds[name]]}
     if len(models) > 1 and results.get("frontier"):
         scores["ensemble"] = score_operating_points(models, results["frontier"], results.get("ensemble", {}),
-                                                    unseen, tta)
+                                                    unseen, tta, challenge)
     return scores
 
 
-def score_model(model: torch.nn.Module, unseen: ImageSet, tta: bool) -> dict:
+def score_model(model: torch.nn.Module, unseen: ImageSet, tta: bool, challenge: np.ndarray | None = None) -> dict:
     """Clean metrics, PGD-20 at 2/255 and 8/255 and APGD-CE at 8/255, and the corruptions, at 0.5."""
-    scores = {"clean": classification_metrics(unseen.labels, predict_fake_proba(model, unseen.images, tta_flip=tta))}
+    scores = clean_scores(unseen.labels, predict_fake_proba(model, unseen.images, tta_flip=tta), 0.5, challenge)
     return {**scores, **attacked(model, unseen), **corrupted_accuracy(model, unseen, tta)}
+
+
+def clean_scores(labels: np.ndarray, probs: np.ndarray, threshold: float, challenge: np.ndarray | None) -> dict:
+    """Clean metrics against the folder names, and against the challenge's labels when given."""
+    scores = {"clean": classification_metrics(labels, probs, threshold)}
+    if challenge is not None:
+        scores["clean_challenge_labels"] = classification_metrics(challenge, probs, threshold)
+    return scores
 
 
 def attacked(model: torch.nn.Module, unseen: ImageSet) -> dict[str, float | None]:
@@ -239,7 +278,8 @@ def corrupted_accuracy(model: torch.nn.Module, images: ImageSet, tta: bool = Fal
         for label, (name, value) in CORRUPTIONS.items()}
 
 
-def score_operating_points(models: dict, frontier: dict, submitted: dict, unseen: ImageSet, tta: bool) -> dict:
+def score_operating_points(models: dict, frontier: dict, submitted: dict, unseen: ImageSet, tta: bool,
+                           challenge: np.ndarray | None = None) -> dict:
     """The ensemble at each operating point (weights and cut as chosen on validation), scored as one model; the
     one ensemble.py submitted is marked. Points with the same weights are scored once."""
     member_probs = {n: predict_fake_proba(m, unseen.images, tta_flip=tta) for n, m in models.items()}
@@ -251,7 +291,7 @@ def score_operating_points(models: dict, frontier: dict, submitted: dict, unseen
             ensemble = EnsembleModel(models, point["weights"], point["threshold"], tta)
             probs = weighted_fake_proba(member_probs, point["weights"])
             same = {"weights": point["weights"], "threshold": point["threshold"],
-                    "clean": classification_metrics(unseen.labels, probs, point["threshold"]),
+                    **clean_scores(unseen.labels, probs, point["threshold"], challenge),
                     **attacked(ensemble, unseen), **corrupted_accuracy(ensemble, unseen)}
         points[name] = same
     submitted_point = (submitted.get("operating_point") or {}).get("name")
@@ -349,6 +389,22 @@ def summary_table(reports: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def challenge_lines(report: dict) -> list[str]:
+    """Trained on the challenge's JSON labels: each model's (and operating point's) unseen accuracy against them
+    and against the folder names."""
+    if report["split"].get("labels") != "challenge JSON files":
+        return []
+    rows = [(name, s) for name, s in report["unseen"].items() if "points" not in s]
+    rows += [(f"ensemble, {name}", p) for name, p in report["unseen"].get("ensemble", {}).get("points", {}).items()]
+    return ["", "### Trained on the challenge's JSON labels\n",
+            f"The pipeline read its labels from the challenge's JSON files (its organisers' calls), cut down to its "
+            f"images; on the unseen split they differ from the folder names on "
+            f"{report['split']['unseen_labels_differ']} of {report['split']['unseen_images']} images.\n",
+            "| model | unseen acc, JSON labels | unseen acc, folder names |", "|---|---:|---:|",
+            *(f"| {name} | {100 * s['clean_challenge_labels']['accuracy']:.1f} | {100 * s['clean']['accuracy']:.1f} |"
+              for name, s in rows)]
+
+
 def markdown_section(report: dict) -> str:
     pct = lambda value: "n/a" if value is None else f"{100 * value:.1f}"  # noqa: E731
     lines = [
@@ -375,6 +431,7 @@ def markdown_section(report: dict) -> str:
             *[pct(s.get(f"pgd20_{e}")) for e in PGD_EPSILONS], *[pct(s.get(f"apgd_ce_{e}")) for e in PGD_EPSILONS],
             *[pct(s.get(c)) for c in CORRUPTIONS],
         ]) + " |")
+    lines += challenge_lines(report)
     fold_rows = [(name, s) for name, s in report["unseen"].items() if "oof" in s]
     if fold_rows:
         lines += ["", f"### Out of fold ({report['run']['config'].get('folds')} folds over the pipeline's images) "

@@ -3,6 +3,7 @@ time; a missing independent attack library is said, not left as silent n/a colum
 drops measured columns from the table)."""
 import json
 
+import numpy as np
 import pytest
 
 
@@ -86,3 +87,35 @@ def test_summary_table_lands_in_results_and_between_the_readme_markers(benchmark
     assert row in (tmp_path / "RESULTS.md").read_text() and "Levers" not in (tmp_path / "RESULTS.md").read_text()
     assert ("| balanced (submitted) | 0.4 lite0 + 0.6 resnet_se | 0.470 | 92.0 | 92.0 | 92.0 | 70.0 | 33.0 | n/a "
             "| 80.0 | 70.0 | 60.0 |") in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_challenge_labels_reach_the_pipeline_cut_to_its_images_and_score_the_unseen_split(benchmark, tmp_path):
+    from pathlib import Path
+
+    from deepfake.data import load_labelled
+    from deepfake.demo_data import build_demo_dataset
+    from deepfake.labels import load_labelled_from_files
+
+    source = build_demo_dataset(tmp_path / "source", per_class=20, test_count=4, seed=0)
+    flipped = lambda path: int(Path(path).stem) % 7 == 0  # noqa: E731  the organisers' detector disagrees there
+    (source / "labels").mkdir()
+    for name, other in (("real", "fake"), ("fake", "real")):
+        entries = [{"index": int(p.stem), "prediction": other if flipped(p) else name}
+                   for p in (source / "train" / name).glob("*.png")]
+        (source / "labels" / f"{name}_cifake_preds.json").write_text(json.dumps(entries))
+    pipeline, unseen = benchmark.prepare_split(source, tmp_path / "run" / "data", 0.3, 2025)
+
+    files = benchmark.challenge_label_files(source, pipeline)
+    images, recorded = load_labelled_from_files(files, pipeline)  # as the pipeline reads them: no unseen image named
+    assert len(images) == len(load_labelled(pipeline)) == 28
+    assert recorded["differ_from_folder_names"] == sum(map(flipped, images.paths)) > 0
+    challenge = benchmark.challenge_labels(source, unseen)
+    assert np.array_equal(challenge != unseen.labels, np.array(list(map(flipped, unseen.paths))))
+
+    probs = unseen.labels.astype(float)  # a model that agrees with the folder names
+    scores = benchmark.clean_scores(unseen.labels, probs, 0.5, challenge)
+    agreement = 1 - (challenge != unseen.labels).mean()
+    assert scores["clean"]["accuracy"] == 1.0 and scores["clean_challenge_labels"]["accuracy"] == agreement
+    report = {"split": {"labels": "challenge JSON files", "unseen_labels_differ": int((challenge != unseen.labels).sum()),
+                        "unseen_images": len(unseen)}, "unseen": {"m": scores}}
+    assert f"| m | {100 * agreement:.1f} | 100.0 |" in "\n".join(benchmark.challenge_lines(report))
