@@ -48,7 +48,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--viz-dir", default=None, help="figures and report.md (default: visualizations)")
     parser.add_argument("--models", default=None,
                         help=f"comma list of {','.join(MODEL_NAMES)} or any timm model name (default: the first three)")
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                        help="where to train (default auto: the GPU when there is one)")
     parser.add_argument("--folds", type=int, default=None, metavar="K",
                         help="train every model on K stratified folds and score it out of fold on every labelled "
                              "image (default: one split, val_fraction for validation)")
@@ -58,7 +59,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-dir", default=None,
                         help="folder of ImageNet weights named <timm name>.safetensors (or .pth, .bin)")
     parser.add_argument("--epochs", type=int, default=None, help="base-training epochs")
-    parser.add_argument("--finetune-epochs", type=int, default=None)
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="phase-2 (adversarial fine-tuning) epochs (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's, 128)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
                         help="any other config field (deepfake/config.py), e.g. --set lr=1e-3 finetune_anchor=0")
