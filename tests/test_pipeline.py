@@ -1,5 +1,6 @@
 """End to end on demo data: checkpoints, generated samples, results, resume."""
 import logging
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -70,31 +71,43 @@ def test_samples_generated_inside_the_data_folder_are_not_read_back_as_labelled_
     assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
 
 
-def test_rerun_skips_finished_models_resumes_and_keeps_other_models(tmp_path, demo_dir, caplog):
-    models = ("resnet_se", "efficientnet_b0")
-    run(run_config(tmp_path, demo_dir, models=models))
+def test_rerun_skips_finished_models_resumes_exactly_with_a_teacher_and_keeps_other_models(tmp_path, demo_dir, caplog):
+    """Resume, a --models subset and robust self-training (efficientnet_b0's calls on the test images join
+    resnet_se's phase 2) reuse exactly what matches: the config and the teacher's calls."""
+    models, teacher = ("resnet_se", "efficientnet_b0"), {"self_training_teacher": "efficientnet_b0"}
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        run(run_config(tmp_path, demo_dir, models=models, **teacher))
     checkpoints = tmp_path / "checkpoints"
-    base = checkpoints / "resnet_se_base.pt"
-    final = checkpoints / "resnet_se_final.pt"
-    base_written = base.stat().st_mtime_ns
+    taught = load_results(results_path(checkpoints))["self_training"]
+    assert (taught["teacher"], taught["students"], taught["images"]) == ("efficientnet_b0", ["resnet_se"], 20)
+    pools = dict(re.findall(r"(\w+): finetune phase, \d+ epochs on (\d+) images", caplog.text))
+    assert int(pools["resnet_se"]) == int(pools["efficientnet_b0"]) + 20
+    base, final = checkpoints / "resnet_se_base.pt", checkpoints / "resnet_se_final.pt"
+    assert read_checkpoint(final)["metrics"]["self_training"] == taught["digest"]
+    assert "self_training" not in read_checkpoint(checkpoints / "efficientnet_b0_final.pt")["metrics"]
+    written = {path: path.stat().st_mtime_ns for path in checkpoints.glob("*.pt")}
     final.unlink()  # as if the run had been interrupted during phase 2
 
-    with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="deepfake"):  # the teacher's base model is reused, not retrained
+        run(run_config(tmp_path, demo_dir, models=("resnet_se",), **teacher))
     assert "resnet_se: base checkpoint matches the config, skipping phase 1" in caplog.text
-    assert base.stat().st_mtime_ns == base_written
-    assert final.exists()
+    assert final.exists() and read_checkpoint(final)["metrics"]["self_training"] == taught["digest"]
     assert set(load_results(results_path(checkpoints))["models"]) == set(models)
+    written[final] = final.stat().st_mtime_ns
 
     caplog.clear()
-    final_written = final.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
+        run(run_config(tmp_path, demo_dir, models=("resnet_se",), **teacher))
     assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
-    assert final.stat().st_mtime_ns == final_written
+    assert {path: path.stat().st_mtime_ns for path in checkpoints.glob("*.pt")} == written
+
+    run(run_config(tmp_path, demo_dir, models=("resnet_se",)))  # no teacher: the student's phase 2 alone reruns
+    changed = {path.name for path in checkpoints.glob("*.pt") if path.stat().st_mtime_ns != written[path]}
+    assert changed == {"resnet_se_final.pt"} and "self_training" not in read_checkpoint(final)["metrics"]
 
     run(run_config(tmp_path, demo_dir, models=("resnet_se",)), force=True)
-    assert final.stat().st_mtime_ns != final_written
+    assert base.stat().st_mtime_ns != written[base]
 
 
 def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_diverged_model_keeps_none(
