@@ -185,7 +185,7 @@ def _check_teacher(config: Config, trainer: _ModelTrainer, test_dir: Path | None
     teacher = config.self_training_teacher
     if not teacher:
         return
-    if teacher not in config.models and not trainer.is_current(teacher, "base"):
+    if teacher not in config.models and not trainer.matches(teacher, "base"):
         raise ConfigError(f"self_training_teacher {teacher} has no base model in {config.checkpoint_dir}: add it to "
                           f"--models, or --set self_training_teacher=''")
     if test_dir is None:
@@ -199,7 +199,7 @@ def _self_training(config: Config, trainer: _ModelTrainer, test_dir: Path | None
     teacher = config.self_training_teacher
     if not teacher:
         return None
-    if not trainer.is_current(teacher, "base"):
+    if not trainer.matches(teacher, "base"):
         raise NonFiniteLossError(f"self_training_teacher {teacher} has no base model (see the errors above): "
                                  f"fix its training, or --set self_training_teacher=''")
     model = load_checkpoint(trainer.checkpoint(teacher, "base"), device)
@@ -303,8 +303,12 @@ class _ModelTrainer:
         return True
 
     def is_current(self, name: str, phase: str, **provenance) -> bool:
+        """Whether the phase can be skipped: no --force, and a checkpoint that :meth:`matches`."""
+        return not self.force and self.matches(name, phase, **provenance)
+
+    def matches(self, name: str, phase: str, **provenance) -> bool:
         """Whether the checkpoint was made by this config (and, for each ``provenance`` key, from that input)."""
-        if self.force or not self.checkpoint(name, phase).exists():
+        if not self.checkpoint(name, phase).exists():
             return False
         try:
             metrics = read_checkpoint(self.checkpoint(name, phase)).get("metrics", {})

@@ -106,8 +106,10 @@ def test_rerun_skips_finished_models_resumes_exactly_with_a_teacher_and_keeps_ot
     changed = {path.name for path in checkpoints.glob("*.pt") if path.stat().st_mtime_ns != written[path]}
     assert changed == {"resnet_se_final.pt"} and "self_training" not in read_checkpoint(final)["metrics"]
 
-    run(run_config(tmp_path, demo_dir, models=("resnet_se",)), force=True)
-    assert base.stat().st_mtime_ns != written[base]
+    run(run_config(tmp_path, demo_dir, models=("resnet_se",), **teacher), force=True)  # the teacher is not retrained
+    assert base.stat().st_mtime_ns != written[base] and read_checkpoint(final)["metrics"]["self_training"]
+    teacher_base = checkpoints / "efficientnet_b0_base.pt"
+    assert teacher_base.stat().st_mtime_ns == written[teacher_base]
 
 
 def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_diverged_model_keeps_none(
