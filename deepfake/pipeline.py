@@ -19,7 +19,7 @@ from torch import nn
 
 from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import TRAINING_KEYS, Config
+from .config import PRETRAINED_TEACHER, TRAINING_KEYS, Config
 from .errors import ConfigError
 from .data import (SPLIT_NAME, DataError, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
                    split_indices)
@@ -29,7 +29,8 @@ from .fold_run import fold_config, pool_folds
 from .labels import load_labelled_from_files
 from .models import build_from_config, zoo_entry
 from .pretrained import require_weights
-from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
+from .results import (library_versions, load_results, load_run_config, machine_description, results_path, timed,
+                      update_results)
 from .runtime import seed_everything, setup_runtime
 from .samples import adversarial_samples, augmented_samples
 from .self_training import teacher_labelled
@@ -166,9 +167,10 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
 
     _record(path, record_samples)
 
-    taught = _self_training(config, trainer, test_dir, val, device, path)
+    teacher = _teacher(config, trainer, base_ready)
+    taught = _self_training(config, teacher, trainer, test_dir, val, device, path) if teacher else None
     for name in base_ready:
-        if taught and name != config.self_training_teacher:
+        if taught and name != teacher:
             trainer.finetune(name, ImageSet.concat(finetune_pool, taught[0]), val, timings, taught[1])
         else:
             trainer.finetune(name, finetune_pool, val, timings)
@@ -185,7 +187,7 @@ def _check_teacher(config: Config, trainer: _ModelTrainer, test_dir: Path | None
     teacher = config.self_training_teacher
     if not teacher:
         return
-    if teacher not in config.models and not trainer.matches(teacher, "base"):
+    if teacher not in (PRETRAINED_TEACHER, *config.models) and not trainer.matches(teacher, "base"):
         raise ConfigError(f"self_training_teacher {teacher} has no base model in {config.checkpoint_dir}: add it to "
                           f"--models, or --set self_training_teacher=''")
     if test_dir is None:
@@ -193,12 +195,20 @@ def _check_teacher(config: Config, trainer: _ModelTrainer, test_dir: Path | None
                         f"--set self_training_teacher=''")
 
 
-def _self_training(config: Config, trainer: _ModelTrainer, test_dir: Path | None, val: ImageSet,
-                   device: torch.device, results_file: Path) -> tuple[ImageSet, str] | None:
-    """The test images labelled by the teacher's base model, and their digest; None without a teacher."""
-    teacher = config.self_training_teacher
-    if not teacher:
-        return None
+def _teacher(config: Config, trainer: _ModelTrainer, base_ready: list[str]) -> str:
+    """The self-training teacher's name ("" for none): as configured, or the best ImageNet-pretrained member."""
+    if config.self_training_teacher != PRETRAINED_TEACHER:
+        return config.self_training_teacher
+    loaded = [name for name in base_ready if trainer.pretrained(name)]
+    if not loaded:
+        raise ConfigError(f"self_training_teacher={PRETRAINED_TEACHER}, but no model of this run loaded ImageNet "
+                          f"weights: name the teacher, or --set self_training_teacher=''")
+    return trainer.best_base(loaded)
+
+
+def _self_training(config: Config, teacher: str, trainer: _ModelTrainer, test_dir: Path, val: ImageSet,
+                   device: torch.device, results_file: Path) -> tuple[ImageSet, str]:
+    """The test images labelled by the teacher's base model, and their digest."""
     if not trainer.matches(teacher, "base"):
         raise NonFiniteLossError(f"self_training_teacher {teacher} has no base model (see the errors above): "
                                  f"fix its training, or --set self_training_teacher=''")
@@ -206,7 +216,8 @@ def _self_training(config: Config, trainer: _ModelTrainer, test_dir: Path | None
     taught, digest = teacher_labelled(model, teacher, test_dir, val, config.image_size, device)
     _record(results_file, lambda results: results.update(self_training={
         "teacher": teacher, "test_dir": str(test_dir), "images": len(taught), "called_fake": int(taught.labels.sum()),
-        "digest": digest, "students": [name for name in config.models if name != teacher]}))
+        "digest": digest, "students": [name for name in config.models if name != teacher],
+        "configured": config.self_training_teacher}))
     return taught, digest
 
 
@@ -242,6 +253,10 @@ class _ModelTrainer:
         return self._train(name, lambda: load_checkpoint(self.checkpoint(name, "base"), self.device),
                            lambda model: finetune_settings(self.config, name), pool, val, timings,
                            {"self_training": taught} if taught else {})
+
+    def pretrained(self, name: str) -> bool:
+        """Whether ``name``'s base model started from ImageNet weights, as its training recorded."""
+        return bool(load_results(self.results_file)["models"].get(name, {}).get("pretrained"))
 
     def best_base(self, names: list[str]) -> str:
         accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}

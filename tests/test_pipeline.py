@@ -160,7 +160,7 @@ def test_a_model_trains_the_same_whatever_ran_before_it(tiny_run, tmp_path, demo
 
 def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_path, demo_dir):
     """Any timm architecture by name: ImageNet weights from --weights-dir, up-scaled input, its own short
-    schedule with a gentler backbone, both phases, evaluation and the submission."""
+    schedule with a gentler backbone, both phases (teaching the from-scratch member), evaluation, submission."""
     import timm
     from safetensors.torch import save_file
 
@@ -171,8 +171,10 @@ def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_pa
     save_file(timm.create_model("test_efficientnet").state_dict(), weights / "test_efficientnet.safetensors")
     config = run_config(tmp_path, demo_dir, models=("resnet_se", "test_efficientnet"), pretrained=True,
                         require_pretrained=True, weights_dir=str(weights), input_size=48, pretrained_epochs=2,
-                        backbone_lr_scale=0.1, spectrum_models=(), model_width=())
+                        backbone_lr_scale=0.1, spectrum_models=(), model_width=(), self_training_teacher="pretrained")
     results = run(config)
+    assert (results["self_training"]["teacher"], results["self_training"]["students"]) == (
+        "test_efficientnet", ["resnet_se"]), "the ImageNet-pretrained member teaches the one trained from scratch"
     entry = results["models"]["test_efficientnet"]
     assert entry["pretrained"] is True and results["models"]["resnet_se"]["pretrained"] is False
     assert len(entry["history"]["base"]) == 2 and len(results["models"]["resnet_se"]["history"]["base"]) == 1

@@ -46,3 +46,5 @@ def test_a_teacher_without_a_base_model_or_test_images_stops_before_training(tmp
     assert not list((tmp_path / "checkpoints").glob("*.pt"))
     with pytest.raises(ConfigError, match="unknown model in self_training_teacher"):
         run_config(tmp_path, demo_dir, self_training_teacher="no_such_model")
+    with pytest.raises(ConfigError, match="pretrained is off: add --pretrained"):
+        run_config(tmp_path, demo_dir, self_training_teacher="pretrained")
