@@ -21,7 +21,6 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # of the training steps (deepfake
 WEIGHT_SCHEMES = ("equal", "accuracy", "auc", "logodds")  # how ensemble.py weighs each model (deepfake.ensemble)
 OPERATING_POINTS = ("balanced", "accurate", "robust")  # ensemble.py's default first (deepfake.frontier)
 CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS, "precision": PRECISIONS}
-PRETRAINED_TEACHER = "pretrained"  # self_training_teacher's value for "the best ImageNet-pretrained member"
 MODEL_LISTS = ("models", "spectrum_models", "bf16_models", "bf16_crafting")  # each name: the zoo's or timm's
 
 
@@ -85,10 +84,6 @@ class Config:
     # bf16_models named here also craft phase 2's adversarial share and compute its anchor targets in the training
     # steps' precision when that is bfloat16 (train._phase2_precision); else, and in evaluation, attacks are float32
     bf16_crafting: tuple[str, ...] = ()
-    # a model whose base model labels the unlabelled test images, which then join every other model's phase-2
-    # pool (robust self-training, deepfake/self_training.py), or "pretrained": the ImageNet-pretrained model with
-    # the best base validation accuracy; its calls' digest, not this name, is in each student's checkpoint
-    self_training_teacher: str = ""
     # Generated samples (from the training split only)
     augment_per_class: int = 250
     adversarial_count: int = 400
@@ -222,13 +217,6 @@ def make_config(preset: str = "full", /, **overrides) -> Config:
         raise ConfigError(f"model_width multipliers must be positive, got {', '.join(bad_widths)}")
     if len(set(config.models)) < len(config.models):
         raise ConfigError(f"models names a model twice ({', '.join(config.models)}); name each once")
-    teacher = config.self_training_teacher
-    if teacher and teacher != PRETRAINED_TEACHER and _unknown_models((teacher,)):
-        raise ConfigError(f"unknown model in self_training_teacher: {teacher}; choose {PRETRAINED_TEACHER!r}, one of "
-                          f"{', '.join(MODEL_NAMES)} or a timm model name")
-    if teacher == PRETRAINED_TEACHER and not config.pretrained:
-        raise ConfigError(f"self_training_teacher={PRETRAINED_TEACHER} picks an ImageNet-pretrained model, but "
-                          f"pretrained is off: add --pretrained, or name the teacher")
     idle = [m for m in config.bf16_crafting if m not in config.bf16_models]
     if idle:
         raise ConfigError(f"bf16_crafting names {', '.join(idle)}, not in bf16_models: its training steps run in "

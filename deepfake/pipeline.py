@@ -19,9 +19,8 @@ from torch import nn
 
 from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import PRETRAINED_TEACHER, TRAINING_KEYS, Config
-from .errors import ConfigError
-from .data import (SPLIT_NAME, DataError, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
+from .config import TRAINING_KEYS, Config
+from .data import (SPLIT_NAME, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
                    split_indices)
 from .evaluate import evaluate_run
 from .folds import fold_indices
@@ -29,11 +28,9 @@ from .fold_run import fold_config, pool_folds
 from .labels import load_labelled_from_files
 from .models import build_from_config, zoo_entry
 from .pretrained import require_weights
-from .results import (library_versions, load_results, load_run_config, machine_description, results_path, timed,
-                      update_results)
+from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
 from .runtime import seed_everything, setup_runtime
 from .samples import adversarial_samples, augmented_samples
-from .self_training import teacher_labelled
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, train_phase
 
 log = logging.getLogger(__name__)
@@ -143,7 +140,6 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
 
     fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
     trainer = _ModelTrainer(config, device, path, fingerprint, data_id, force)
-    _check_teacher(config, trainer, test_dir, data_dir)
     base_ready = [name for name in config.models if trainer.base(name, train_pool, val, timings)]
     if not base_ready:
         raise NonFiniteLossError("no model finished base training (see the errors above): lower the learning rate "
@@ -167,58 +163,14 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
 
     _record(path, record_samples)
 
-    teacher = _teacher(config, trainer, base_ready)
-    taught = _self_training(config, teacher, trainer, test_dir, val, device, path) if teacher else None
     for name in base_ready:
-        if taught and name != teacher:
-            trainer.finetune(name, ImageSet.concat(finetune_pool, taught[0]), val, timings, taught[1])
-        else:
-            trainer.finetune(name, finetune_pool, val, timings)
+        trainer.finetune(name, finetune_pool, val, timings)
 
     if not distributed.is_main():
         return {}
     with timed(timings, "evaluate"):
         evaluate_run(config, device)
     return update_results(path, lambda r: r.update(timings=timings))
-
-
-def _check_teacher(config: Config, trainer: _ModelTrainer, test_dir: Path | None, data_dir: Path) -> None:
-    """Stop before any training when self-training cannot happen: no teacher to train or reuse, no test images."""
-    teacher = config.self_training_teacher
-    if not teacher:
-        return
-    if teacher not in (PRETRAINED_TEACHER, *config.models) and not trainer.matches(teacher, "base"):
-        raise ConfigError(f"self_training_teacher {teacher} has no base model in {config.checkpoint_dir}: add it to "
-                          f"--models, or --set self_training_teacher=''")
-    if test_dir is None:
-        raise DataError(f"self_training_teacher needs unlabelled images in {data_dir / 'test'}: add them, or "
-                        f"--set self_training_teacher=''")
-
-
-def _teacher(config: Config, trainer: _ModelTrainer, base_ready: list[str]) -> str:
-    """The self-training teacher's name ("" for none): as configured, or the best ImageNet-pretrained member."""
-    if config.self_training_teacher != PRETRAINED_TEACHER:
-        return config.self_training_teacher
-    loaded = [name for name in base_ready if trainer.pretrained(name)]
-    if not loaded:
-        raise ConfigError(f"self_training_teacher={PRETRAINED_TEACHER}, but no model of this run loaded ImageNet "
-                          f"weights: name the teacher, or --set self_training_teacher=''")
-    return trainer.best_base(loaded)
-
-
-def _self_training(config: Config, teacher: str, trainer: _ModelTrainer, test_dir: Path, val: ImageSet,
-                   device: torch.device, results_file: Path) -> tuple[ImageSet, str]:
-    """The test images labelled by the teacher's base model, and their digest."""
-    if not trainer.matches(teacher, "base"):
-        raise NonFiniteLossError(f"self_training_teacher {teacher} has no base model (see the errors above): "
-                                 f"fix its training, or --set self_training_teacher=''")
-    model = load_checkpoint(trainer.checkpoint(teacher, "base"), device)
-    taught, digest = teacher_labelled(model, teacher, test_dir, val, config.image_size, device)
-    _record(results_file, lambda results: results.update(self_training={
-        "teacher": teacher, "test_dir": str(test_dir), "images": len(taught), "called_fake": int(taught.labels.sum()),
-        "digest": digest, "students": [name for name in config.models if name != teacher],
-        "configured": config.self_training_teacher}))
-    return taught, digest
 
 
 def _record(path: Path, mutate: Callable[[dict], None]) -> None:
@@ -239,31 +191,25 @@ class _ModelTrainer:
         return Path(self.config.checkpoint_dir) / f"{name}_{phase}.pt"
 
     def base(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
-        if self.is_current(name, "final") or self.is_current(name, "base"):
+        if self._is_current(name, "final") or self._is_current(name, "base"):
             log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
             return True
         return self._train(name, lambda: build_from_config(name, self.config).to(self.device),
                            lambda model: base_settings(self.config, name, model.pretrained_loaded), pool, val, timings)
 
-    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict, taught: str | None = None) -> bool:
-        """Phase 2; ``taught`` is the digest of the self-training images in ``pool``, checked on resume."""
-        if self.is_current(name, "final", self_training=taught):
+    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
+        if self._is_current(name, "final"):
             log.info("%s: final checkpoint matches the config, skipping phase 2 (--force retrains)", name)
             return True
         return self._train(name, lambda: load_checkpoint(self.checkpoint(name, "base"), self.device),
-                           lambda model: finetune_settings(self.config, name), pool, val, timings,
-                           {"self_training": taught} if taught else {})
-
-    def pretrained(self, name: str) -> bool:
-        """Whether ``name``'s base model started from ImageNet weights, as its training recorded."""
-        return bool(load_results(self.results_file)["models"].get(name, {}).get("pretrained"))
+                           lambda model: finetune_settings(self.config, name), pool, val, timings)
 
     def best_base(self, names: list[str]) -> str:
         accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}
         return max(accuracies, key=accuracies.get)
 
     def _train(self, name, make_model: Callable[[], nn.Module], make_settings: Callable[[nn.Module], PhaseSettings],
-               pool, val, timings, provenance: dict | None = None) -> bool:
+               pool, val, timings) -> bool:
         # Reseeded per phase: a model's initialisation and dropout must not depend on which models
         # trained (or were skipped as already trained) before it, so a resumed or single-model run
         # rebuilds the model a full run made.
@@ -291,8 +237,7 @@ class _ModelTrainer:
         if distributed.is_main():
             save_checkpoint(
                 self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,
-                metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id,
-                         **(provenance or {})},
+                metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id},
             )
 
         def record(results: dict) -> None:
@@ -312,25 +257,19 @@ class _ModelTrainer:
             results["timings"] = timings
 
         _record(self.results_file, record)
-        distributed.barrier()  # the other ranks read this checkpoint next (phase 2, best_base, is_current)
+        distributed.barrier()  # the other ranks read this checkpoint next (phase 2, best_base, _is_current)
         log.info("%s: %s done, kept epoch %d, val accuracy %.4f -> %s", name, settings.name, outcome.best_epoch,
                  outcome.val_metrics["accuracy"], self.checkpoint(name, phase))
         return True
 
-    def is_current(self, name: str, phase: str, **provenance) -> bool:
-        """Whether the phase can be skipped: no --force, and a checkpoint that :meth:`matches`."""
-        return not self.force and self.matches(name, phase, **provenance)
-
-    def matches(self, name: str, phase: str, **provenance) -> bool:
-        """Whether the checkpoint was made by this config (and, for each ``provenance`` key, from that input)."""
-        if not self.checkpoint(name, phase).exists():
+    def _is_current(self, name: str, phase: str) -> bool:
+        if self.force or not self.checkpoint(name, phase).exists():
             return False
         try:
-            metrics = read_checkpoint(self.checkpoint(name, phase)).get("metrics", {})
+            payload = read_checkpoint(self.checkpoint(name, phase))
         except CheckpointError:
             return False
-        return metrics.get("fingerprint") == self.fingerprint and all(
-            metrics.get(key) == value for key, value in provenance.items())
+        return payload.get("metrics", {}).get("fingerprint") == self.fingerprint
 
 
 def _class_counts(images: ImageSet) -> dict[str, int]:

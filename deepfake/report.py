@@ -63,7 +63,6 @@ def _run_info(results: dict) -> str:
         ("versions", versions or None),
         ("data", results.get("data", {}).get("data_dir")),
         ("adversarial training samples", _crafted(results.get("adversarial_samples"))),
-        ("self-training", _taught(results.get("self_training"))),
     ]
     lines = ["## Run", _table(("", "value"), [(key, _text(value)) for key, value in info if value is not None])]
     counts = results.get("data", {}).get("counts", {})
@@ -330,10 +329,3 @@ def _crafted(samples: dict | None) -> str | None:
         return None
     budgets = ", ".join(eps_label(eps) for eps in samples.get("epsilons", []))
     return f"{samples.get('count')} FGSM images crafted by {samples.get('crafted_by')} at eps {budgets}"
-
-
-def _taught(taught: dict | None) -> str | None:
-    if not taught:
-        return None
-    return (f"{taught['images']} unlabelled test images labelled by {taught['teacher']}'s base model "
-            f"({taught['called_fake']} fake) in phase 2 of {', '.join(taught['students'])}")

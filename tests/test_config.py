@@ -93,8 +93,7 @@ NOT_TRAINING = {"preset", "data_dir", "generated_dir", "checkpoint_dir", "viz_di
                 "eval_epsilons", "pgd_steps", "corruption_severities", "gradcam_images", "eval_batch_size", "tta_flip",
                 "require_pretrained", "eval_max_images",
                 "labels",  # the labels themselves are in the split's data id, which every checkpoint carries
-                "folds",  # so is each fold's training part, and each fold has its own checkpoint folder
-                "self_training_teacher"}  # its calls' digest is in each student's final checkpoint
+                "folds"}  # so is each fold's training part, and each fold has its own checkpoint folder
 
 
 def test_every_field_is_either_a_training_key_or_known_not_to_change_a_model():

@@ -1,6 +1,5 @@
 """End to end on demo data: checkpoints, generated samples, results, resume."""
 import logging
-import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -71,45 +70,31 @@ def test_samples_generated_inside_the_data_folder_are_not_read_back_as_labelled_
     assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
 
 
-def test_rerun_skips_finished_models_resumes_exactly_with_a_teacher_and_keeps_other_models(tmp_path, demo_dir, caplog):
-    """Resume, a --models subset and robust self-training (efficientnet_b0's calls on the test images join
-    resnet_se's phase 2) reuse exactly what matches: the config and the teacher's calls."""
-    models, teacher = ("resnet_se", "efficientnet_b0"), {"self_training_teacher": "efficientnet_b0"}
-    with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, demo_dir, models=models, **teacher))
+def test_rerun_skips_finished_models_resumes_and_keeps_other_models(tmp_path, demo_dir, caplog):
+    models = ("resnet_se", "efficientnet_b0")
+    run(run_config(tmp_path, demo_dir, models=models))
     checkpoints = tmp_path / "checkpoints"
-    taught = load_results(results_path(checkpoints))["self_training"]
-    assert (taught["teacher"], taught["students"], taught["images"]) == ("efficientnet_b0", ["resnet_se"], 20)
-    pools = dict(re.findall(r"(\w+): finetune phase, \d+ epochs on (\d+) images", caplog.text))
-    assert int(pools["resnet_se"]) == int(pools["efficientnet_b0"]) + 20
-    base, final = checkpoints / "resnet_se_base.pt", checkpoints / "resnet_se_final.pt"
-    assert read_checkpoint(final)["metrics"]["self_training"] == taught["digest"]
-    assert "self_training" not in read_checkpoint(checkpoints / "efficientnet_b0_final.pt")["metrics"]
-    written = {path: path.stat().st_mtime_ns for path in checkpoints.glob("*.pt")}
+    base = checkpoints / "resnet_se_base.pt"
+    final = checkpoints / "resnet_se_final.pt"
+    base_written = base.stat().st_mtime_ns
     final.unlink()  # as if the run had been interrupted during phase 2
 
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="deepfake"):  # the teacher's base model is reused, not retrained
-        run(run_config(tmp_path, demo_dir, models=("resnet_se",), **teacher))
-    assert "resnet_se: base checkpoint matches the config, skipping phase 1" in caplog.text
-    assert final.exists() and read_checkpoint(final)["metrics"]["self_training"] == taught["digest"]
-    assert set(load_results(results_path(checkpoints))["models"]) == set(models)
-    written[final] = final.stat().st_mtime_ns
-
-    caplog.clear()
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, demo_dir, models=("resnet_se",), **teacher))
+        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
+    assert "resnet_se: base checkpoint matches the config, skipping phase 1" in caplog.text
+    assert base.stat().st_mtime_ns == base_written
+    assert final.exists()
+    assert set(load_results(results_path(checkpoints))["models"]) == set(models)
+
+    caplog.clear()
+    final_written = final.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="deepfake"):
+        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
     assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
-    assert {path: path.stat().st_mtime_ns for path in checkpoints.glob("*.pt")} == written
+    assert final.stat().st_mtime_ns == final_written
 
-    run(run_config(tmp_path, demo_dir, models=("resnet_se",)))  # no teacher: the student's phase 2 alone reruns
-    changed = {path.name for path in checkpoints.glob("*.pt") if path.stat().st_mtime_ns != written[path]}
-    assert changed == {"resnet_se_final.pt"} and "self_training" not in read_checkpoint(final)["metrics"]
-
-    run(run_config(tmp_path, demo_dir, models=("resnet_se",), **teacher), force=True)  # the teacher is not retrained
-    assert base.stat().st_mtime_ns != written[base] and read_checkpoint(final)["metrics"]["self_training"]
-    teacher_base = checkpoints / "efficientnet_b0_base.pt"
-    assert teacher_base.stat().st_mtime_ns == written[teacher_base]
+    run(run_config(tmp_path, demo_dir, models=("resnet_se",)), force=True)
+    assert final.stat().st_mtime_ns != final_written
 
 
 def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_diverged_model_keeps_none(
@@ -160,7 +145,7 @@ def test_a_model_trains_the_same_whatever_ran_before_it(tiny_run, tmp_path, demo
 
 def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_path, demo_dir):
     """Any timm architecture by name: ImageNet weights from --weights-dir, up-scaled input, its own short
-    schedule with a gentler backbone, both phases (teaching the from-scratch member), evaluation, submission."""
+    schedule with a gentler backbone, both phases, evaluation and the submission."""
     import timm
     from safetensors.torch import save_file
 
@@ -171,10 +156,8 @@ def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_pa
     save_file(timm.create_model("test_efficientnet").state_dict(), weights / "test_efficientnet.safetensors")
     config = run_config(tmp_path, demo_dir, models=("resnet_se", "test_efficientnet"), pretrained=True,
                         require_pretrained=True, weights_dir=str(weights), input_size=48, pretrained_epochs=2,
-                        backbone_lr_scale=0.1, spectrum_models=(), model_width=(), self_training_teacher="pretrained")
+                        backbone_lr_scale=0.1, spectrum_models=(), model_width=())
     results = run(config)
-    assert (results["self_training"]["teacher"], results["self_training"]["students"]) == (
-        "test_efficientnet", ["resnet_se"]), "the ImageNet-pretrained member teaches the one trained from scratch"
     entry = results["models"]["test_efficientnet"]
     assert entry["pretrained"] is True and results["models"]["resnet_se"]["pretrained"] is False
     assert len(entry["history"]["base"]) == 2 and len(results["models"]["resnet_se"]["history"]["base"]) == 1
