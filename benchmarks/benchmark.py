@@ -37,7 +37,7 @@ from benchmarks.lite0_weights import TIMM_NAME as LITE0
 from benchmarks.lite0_weights import convert, wheel_file
 from deepfake.checkpoints import load_checkpoint
 from deepfake.corruptions import apply_corruption
-from deepfake.data import ImageSet, file_number, load_labelled, split_indices
+from deepfake.data import CLASS_NAMES, ImageSet, file_number, list_image_files, load_labelled, split_indices
 from deepfake.cut import CROSSFIT_FOLDS, weight_label, weighted_fake_proba
 from deepfake.fold_run import fold_checkpoints
 from deepfake.folds import FoldAverage, fold_dir
@@ -54,6 +54,8 @@ PGD_EPSILONS = {"2/255": 2 / 255, "4/255": 4 / 255, "8/255": 8 / 255}  # the col
 ATTACKS = (("pgd20", "2/255"), ("pgd20", "8/255"), ("apgd_ce", "8/255"))
 ATTACK_STEPS = 20
 POINT_ORDER = ("accurate", "balanced", "robust")  # the summary's order: from most accurate to most robust
+CHALLENGE_FILES = ("real_cifake_preds.json", "fake_cifake_preds.json")  # under labels/, in CLASS_NAMES order
+CHALLENGE_SOURCE = "challenge JSON files"  # a report's label source when --challenge-labels trained it
 CORRUPTIONS = {"jpeg_q40": ("jpeg", 40), "noise_0.08": ("gaussian_noise", 0.08), "blur_1.0": ("gaussian_blur", 1.0)}
 
 
@@ -91,8 +93,9 @@ def main() -> int:
     pipeline_data, unseen = prepare_split(args.data, run_dir / "data", args.unseen_fraction, args.seed)
     if args.max_unseen:
         unseen = unseen.subset(np.arange(min(args.max_unseen, len(unseen))))
-    label_files = challenge_label_files(args.data, pipeline_data) if args.challenge_labels else []
-    challenge = challenge_labels(args.data, unseen) if args.challenge_labels else None
+    calls = challenge_calls(args.data) if args.challenge_labels else None
+    label_files = challenge_label_files(calls, pipeline_data) if calls else []
+    challenge = challenge_labels(calls, unseen) if calls else None
     stage_seconds = {}
     command = [
         sys.executable, "deepfake_detection.py", "--preset", args.preset, "--data-dir", str(pipeline_data),
@@ -129,7 +132,7 @@ def main() -> int:
         "preset": args.preset,
         "train_seed": args.train_seed,
         "split": {"pipeline_images": count_images(pipeline_data), "unseen_images": len(unseen), "seed": args.seed,
-                  "labels": "challenge JSON files" if label_files else "folder names",
+                  "labels": CHALLENGE_SOURCE if label_files else "folder names",
                   "unseen_labels_differ": None if challenge is None else int((challenge != unseen.labels).sum())},
         "stage_seconds": stage_seconds,
         "run": summarise_run(load_results(results_path(run_dir / "checkpoints"))),
@@ -161,24 +164,27 @@ def prepare_split(source: Path, target: Path, unseen_fraction: float, seed: int)
     return target, labelled.subset(unseen_idx)
 
 
-def challenge_label_files(source: Path, target: Path) -> list[Path]:
+def challenge_calls(source: Path) -> dict[Path, int]:
+    """{resolved image path: 0 real / 1 fake} from the challenge's JSON files, read (and checked) as the pipeline
+    reads label files."""
+    files = [source / "labels" / name for name in CHALLENGE_FILES]
+    return {path.resolve(): label for path, label in read_labels(files, source).items()}
+
+
+def challenge_label_files(calls: dict[Path, int], target: Path) -> list[Path]:
     """The challenge's JSON label files cut down to the pipeline's images (target/labels/), which the pipeline
     reads with --labels: the full files name the unseen images too, which the pipeline must not find."""
     files = []
-    for name in ("real", "fake"):
-        original = source / "labels" / f"{name}_cifake_preds.json"
-        linked = {file_number(path) for path in (target / "train" / name).iterdir()}
-        entries = [entry for entry in json.loads(original.read_text()) if int(entry["index"]) in linked]
-        files.append(target / "labels" / original.name)
-        write_json(files[-1], entries)
+    for folder, name in zip(CLASS_NAMES, CHALLENGE_FILES):
+        files.append(target / "labels" / name)
+        write_json(files[-1], [{"index": file_number(path), "prediction": CLASS_NAMES[calls[path.resolve()]]}
+                               for path in list_image_files(target / "train" / folder)])
     return files
 
 
-def challenge_labels(source: Path, unseen: ImageSet) -> np.ndarray:
+def challenge_labels(calls: dict[Path, int], unseen: ImageSet) -> np.ndarray:
     """The unseen images' labels in the challenge's JSON files (0 real, 1 fake)."""
-    labels = {path.resolve(): label for path, label in read_labels(
-        [source / "labels" / f"{name}_cifake_preds.json" for name in ("real", "fake")], source).items()}
-    return np.array([labels[Path(path).resolve()] for path in unseen.paths], dtype=np.int64)
+    return np.array([calls[Path(path).resolve()] for path in unseen.paths], dtype=np.int64)
 
 
 def recorded_training_seconds(report_path: Path, checkpoint_dir: Path) -> dict:
@@ -392,7 +398,7 @@ def summary_table(reports: list[dict]) -> str:
 def challenge_lines(report: dict) -> list[str]:
     """Trained on the challenge's JSON labels: each model's (and operating point's) unseen accuracy against them
     and against the folder names."""
-    if report["split"].get("labels") != "challenge JSON files":
+    if report["split"].get("labels") != CHALLENGE_SOURCE:
         return []
     rows = [(name, s) for name, s in report["unseen"].items() if "points" not in s]
     rows += [(f"ensemble, {name}", p) for name, p in report["unseen"].get("ensemble", {}).get("points", {}).items()]

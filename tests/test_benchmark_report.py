@@ -105,11 +105,12 @@ def test_challenge_labels_reach_the_pipeline_cut_to_its_images_and_score_the_uns
         (source / "labels" / f"{name}_cifake_preds.json").write_text(json.dumps(entries))
     pipeline, unseen = benchmark.prepare_split(source, tmp_path / "run" / "data", 0.3, 2025)
 
-    files = benchmark.challenge_label_files(source, pipeline)
+    calls = benchmark.challenge_calls(source)
+    files = benchmark.challenge_label_files(calls, pipeline)
     images, recorded = load_labelled_from_files(files, pipeline)  # as the pipeline reads them: no unseen image named
     assert len(images) == len(load_labelled(pipeline)) == 28
     assert recorded["differ_from_folder_names"] == sum(map(flipped, images.paths)) > 0
-    challenge = benchmark.challenge_labels(source, unseen)
+    challenge = benchmark.challenge_labels(calls, unseen)
     assert np.array_equal(challenge != unseen.labels, np.array(list(map(flipped, unseen.paths))))
 
     probs = unseen.labels.astype(float)  # a model that agrees with the folder names
