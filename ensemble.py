@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probabilities", default=None, metavar="FILE",
                         help="also write per-image, per-model fake probabilities as CSV")
     args = parser.parse_args(argv)
-    from deepfake.ensemble import run_ensemble  # torch loads here, so --help and usage errors stay instant
+    from deepfake.submission import run_ensemble  # torch loads here, so --help and usage errors stay instant
 
     return report_errors(lambda: run_ensemble(
         test_dir=args.test_dir, output=args.output, probabilities=args.probabilities, **ensemble_options(args)))

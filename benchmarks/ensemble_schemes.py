@@ -26,7 +26,9 @@ from deepfake.checkpoints import load_checkpoint
 from deepfake.config import WEIGHT_SCHEMES
 from deepfake.corruptions import apply_corruption
 from deepfake.data import SPLIT_NAME, load_validation
-from deepfake.ensemble import choose_threshold, crossfit_accuracy, ensemble_weights, run_members, weighted_fake_proba
+from deepfake.cut import choose_threshold, crossfit_accuracy, weighted_fake_proba
+from deepfake.ensemble import ensemble_weights
+from deepfake.members import run_members
 from deepfake.errors import DeepfakeError, report_errors
 from deepfake.inference import predict_fake_proba
 from deepfake.io import write_text

@@ -54,7 +54,7 @@ def checkpoint_dir() -> Path:
 def demo_run() -> Path:
     """Checkpoint dir of a tiny training run, with its ensemble, on demo data in a temporary folder that lives
     as long as the kernel (its checkpoints take about 350 MB)."""
-    from .ensemble import run_ensemble
+    from .submission import run_ensemble
     from .pipeline import run
 
     root = Path(tempfile.mkdtemp(prefix="deepfake-notebook-"))

@@ -22,7 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import CLASS_NAMES, DecodedImage, UnreadableImageError, is_image_file, read_image, to_tensor, walk_files
-from .ensemble import Ensemble, load_ensemble, predicted_classes
+from .ensemble import Ensemble, load_ensemble
+from .submission import predicted_classes
 from .errors import DeepfakeError
 from .explain import gradcam
 from .folds import FoldAverage

@@ -15,8 +15,10 @@ import torch
 from deepfake.checkpoints import load_checkpoint, read_checkpoint
 from deepfake.config import MODEL_NAMES
 from deepfake.data import file_number, list_image_files, load_images
-from deepfake.ensemble import (EnsembleError, better_single, choose_threshold, crossfit_accuracy, ensemble_weights,
-                               explicit_members, submission_rows, weighted_fake_proba)
+from deepfake.cut import choose_threshold, crossfit_accuracy, weighted_fake_proba
+from deepfake.ensemble import better_single, ensemble_weights
+from deepfake.members import EnsembleError, explicit_members
+from deepfake.submission import submission_rows
 from deepfake.inference import predict_fake_proba
 from deepfake.io import read_json, write_json
 from deepfake.plots import OVERVIEW_NAME
@@ -179,7 +181,7 @@ def test_a_model_that_beats_the_ensemble_on_validation_is_named_with_the_command
         asked.update(single=single, ensemble_accuracy=ensemble_accuracy)
         return "resnet_se"
 
-    monkeypatch.setattr("deepfake.ensemble.better_single", resnet_wins)
+    monkeypatch.setattr("deepfake.submission.better_single", resnet_wins)
     with caplog.at_level(logging.INFO, logger="deepfake"):
         assert run_cli(run_dir, tmp_path / "submission.json", "--weights", "accuracy") == 0
 

@@ -107,7 +107,9 @@ def test_the_pooled_frontier_scores_clean_on_every_oof_image_and_averages_attack
 
 
 def test_a_fold_run_resumes_pools_out_of_fold_and_its_copied_folder_submits_and_predicts(tmp_path, demo_dir, caplog):
-    from deepfake.ensemble import EnsembleError, load_ensemble, run_ensemble
+    from deepfake.ensemble import load_ensemble
+    from deepfake.members import EnsembleError
+    from deepfake.submission import run_ensemble
     from deepfake.pipeline import run
     from deepfake.predict import run_predict
 
@@ -160,7 +162,9 @@ def test_a_fold_run_resumes_pools_out_of_fold_and_its_copied_folder_submits_and_
 
 
 def test_two_runs_average_and_each_model_is_scored_only_on_images_it_never_trained_on(tiny_run, tmp_path, demo_dir):
-    from deepfake.ensemble import EnsembleError, load_ensemble, run_ensemble
+    from deepfake.ensemble import load_ensemble
+    from deepfake.members import EnsembleError
+    from deepfake.submission import run_ensemble
     from deepfake.pipeline import run
 
     other = run_config(tmp_path / "seed43", demo_dir, seed=43, models=("resnet_se",))

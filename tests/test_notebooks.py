@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 from deepfake.checkpoints import CheckpointError
 from deepfake.data import DataError
-from deepfake.ensemble import run_ensemble
+from deepfake.submission import run_ensemble
 from deepfake.io import write_json
 from deepfake.notebook import CHECKPOINT_ENV, DATA_ENV, checkpoint_dir, data_dir
 from deepfake.results import load_results, results_path

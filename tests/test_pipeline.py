@@ -149,7 +149,7 @@ def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_pa
     import timm
     from safetensors.torch import save_file
 
-    from deepfake.ensemble import run_ensemble
+    from deepfake.submission import run_ensemble
 
     weights = tmp_path / "weights"
     weights.mkdir()
