@@ -108,54 +108,102 @@ def train_phase(
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / distributed.world_size()) / config.batch_size)
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    total_steps = max(1, settings.epochs * steps_per_epoch)
-
-    optimizer = torch.optim.AdamW(_parameter_groups(model, settings.lr, config.backbone_lr_scale),
-                                  lr=settings.lr, weight_decay=config.weight_decay)
-    warmup_steps = config.warmup_epochs * steps_per_epoch if settings.name == "base" else 0
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=total_steps, lr_min=settings.lr * 0.01, warmup_t=warmup_steps,
-        warmup_lr_init=settings.lr * 0.01, t_in_epochs=False,
-    )
+    steps = _Steps(model, config, settings, device, steps_per_epoch, generator, label)
     transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
-    images = train_set.images  # uint8 NHWC, as augmentation takes it: no copy of the whole set
     plan = EpochPlan()
-    batches = batch_loader(JitteredBatches(images, torch.from_numpy(train_set.labels), transform), plan,
+    batches = batch_loader(JitteredBatches(train_set.images, torch.from_numpy(train_set.labels), transform), plan,
                            worker_count(device, distributed.world_size()), pin_memory=device.type == "cuda")
-    precision = training_precision(config.precision, device, settings.bf16)
-    log.info("%s %s: training steps in %s (%s)", label, settings.name, precision.name, precision.why)
-    scaler = precision.scaler(device)
-    bf16_crafting = settings.bf16_crafting and precision.dtype == torch.bfloat16
-    anchor = _frozen_copy(model) if settings.anchor > 0 else None
-    net = distributed.wrap(model, device)  # trains; crafting, scoring and the kept weights use the bare model
-
-    average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
-    averaged = None
-    result = PhaseResult(precision=precision.name, precision_why=precision.why)
-    best_score, best_state, stale = (-1.0, -1.0), None, 0
-    train_seconds, images_seen, step = 0.0, 0, 0
-    progress = tqdm(total=total_steps, desc=f"{label} {settings.name}", unit="step", leave=False,
+    keeper = _Keeper(settings, config.select_metric)
+    result = PhaseResult(precision=steps.precision.name, precision_why=steps.precision.why)
+    train_seconds, images_seen = 0.0, 0
+    progress = tqdm(total=steps.total, desc=f"{label} {settings.name}", unit="step", leave=False,
                     disable=not distributed.is_main())
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = distributed.shard(torch.randperm(len(train_set), generator=generator))
-        plan.keys = [(order[i * config.batch_size:(i + 1) * config.batch_size], config.seed * 100003 + step + i)
+        plan.keys = [(order[i * config.batch_size:(i + 1) * config.batch_size], config.seed * 100003 + steps.step + i)
                      for i in range(steps_per_epoch)]
-        # Summed on the device and read once an epoch: a read per step would make the host wait for the GPU.
-        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss times images, correct calls
-        first_bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss finite
         started = time.perf_counter()
+        loss_sum, correct = steps.epoch(batches, epoch, progress)
+        epoch_seconds = time.perf_counter() - started
+        loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, sum(len(idx) for idx, _ in plan.keys))
+        train_seconds += epoch_seconds
+        images_seen += seen
+
+        distributed.sync_buffers(model)
+        keeper.average(epoch, model)
+        val_probs = predict_fake_proba(model, val_set.images, batch_size=config.eval_batch_size, device=device)
+        val = distributed.broadcast(classification_metrics(val_set.labels, val_probs))  # rank 0's decides
+        if on_epoch is not None:
+            on_epoch(epoch, model, val_probs)
+        result.history.append({
+            "epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val["accuracy"],
+            "val_f1": val["f1"], "val_auc": val["auc"], "lr": steps.optimizer.param_groups[0]["lr"],
+            "seconds": epoch_seconds,
+        })
+        progress.write(f"{label} {settings.name} epoch {epoch}/{settings.epochs}: "
+                       f"{_epoch_line(result.history[-1], val)} | {epoch_seconds:.1f}s")
+        if keeper.stop(epoch, model, val, result):
+            progress.write(f"{label} {settings.name}: early stop, no better val {config.select_metric} "
+                           f"for {keeper.stale} epochs")
+            break
+    progress.close()
+    keeper.restore(model, train_set.images, val_set, config, device, result)
+    if result.averaged_epochs:
+        progress.write(f"{label} {settings.name}: mean of epochs {keeper.average_from}-{settings.epochs} kept, "
+                       f"val acc {result.val_metrics['accuracy']:.4f}")
+    result.seconds = train_seconds
+    result.images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
+    return result
+
+
+def _epoch_line(row: dict, val: dict) -> str:
+    auc = "n/a" if val["auc"] is None else f"{val['auc']:.4f}"
+    return (f"loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | val acc {val['accuracy']:.4f} "
+            f"f1 {val['f1']:.4f} auc {auc}")
+
+
+class _Steps:
+    """A phase's optimisation steps: AdamW on a cosine schedule, the training precision, and phase 2's
+    adversarial share and anchor."""
+
+    def __init__(self, model: torch.nn.Module, config: Config, settings: PhaseSettings, device: torch.device,
+                 steps_per_epoch: int, generator: torch.Generator, label: str):
+        self.model, self.config, self.settings, self.device, self.generator = model, config, settings, device, generator
+        self.total = max(1, settings.epochs * steps_per_epoch)
+        self.optimizer = torch.optim.AdamW(_parameter_groups(model, settings.lr, config.backbone_lr_scale),
+                                           lr=settings.lr, weight_decay=config.weight_decay)
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=self.total, lr_min=settings.lr * 0.01, t_in_epochs=False,
+            warmup_t=config.warmup_epochs * steps_per_epoch if settings.name == "base" else 0,
+            warmup_lr_init=settings.lr * 0.01,
+        )
+        self.precision = training_precision(config.precision, device, settings.bf16)
+        log.info("%s %s: training steps in %s (%s)", label, settings.name, self.precision.name, self.precision.why)
+        self.scaler = self.precision.scaler(device)
+        self.bf16_crafting = settings.bf16_crafting and self.precision.dtype == torch.bfloat16
+        self.anchor = _frozen_copy(model) if settings.anchor > 0 else None
+        self.net = distributed.wrap(model, device)  # trains; crafting, scoring and the kept weights use the bare model
+        self.label, self.step = label, 0
+
+    def epoch(self, batches, epoch: int, progress) -> tuple[float, float]:
+        """One epoch's steps: (loss summed over images, correct calls); a loss that is not finite on any rank
+        stops the run."""
+        device, settings = self.device, self.settings
+        # Summed on the device and read once an epoch: a read per step would make the host wait for the GPU.
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        first_bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss finite
         for batch_index, (batch, batch_labels) in enumerate(batches, start=1):
             x, y = to_float(batch, device), batch_labels.to(device, non_blocking=True)
-            with precision.autocast(device):
-                loss, logits = _batch_loss(net, x, y, settings.adv_ratio, config, generator, anchor,
-                                           settings.anchor, bf16_crafting, crafter=model)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            scheduler.step_update(step)
+            with self.precision.autocast(device):
+                loss, logits = _batch_loss(self.net, x, y, settings.adv_ratio, self.config, self.generator,
+                                           self.anchor, settings.anchor, self.bf16_crafting, crafter=self.model)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            self.scheduler.step_update(self.step)
             with torch.no_grad():
                 first_bad_step = torch.where((first_bad_step == 0) & ~torch.isfinite(loss), batch_index,
                                              first_bad_step)
@@ -164,70 +212,54 @@ def train_phase(
         bad_step = int(first_bad_step)
         if distributed.any_rank(bad_step > 0):
             where = f"step {bad_step}" if bad_step else "a step of another rank"
-            raise NonFiniteLossError(f"{label} {settings.name}: loss became nan or inf at epoch {epoch}, {where}; "
+            raise NonFiniteLossError(f"{self.label} {settings.name}: loss became nan or inf at epoch {epoch}, {where}; "
                                      f"lower the learning rate (config lr/finetune_lr) and rerun")
-        epoch_seconds = time.perf_counter() - started
-        epoch_loss, epoch_correct = sums.tolist()
-        epoch_loss, epoch_correct, epoch_seen = distributed.sum_over_ranks(
-            epoch_loss, epoch_correct, sum(len(idx) for idx, _ in plan.keys))
-        train_seconds += epoch_seconds
-        images_seen += epoch_seen
+        loss_sum, correct = sums.tolist()
+        return loss_sum, correct
 
-        distributed.sync_buffers(model)
-        if average_from is not None and epoch >= average_from:
-            averaged = averaged or AveragedModel(model, use_buffers=False)
-            averaged.update_parameters(model)
-        val_probs = predict_fake_proba(model, val_set.images, batch_size=config.eval_batch_size, device=device)
-        val = distributed.broadcast(classification_metrics(val_set.labels, val_probs))  # rank 0's decides
-        if on_epoch is not None:
-            on_epoch(epoch, model, val_probs)
-        row = {
-            "epoch": epoch,
-            "train_loss": epoch_loss / epoch_seen,
-            "train_acc": epoch_correct / epoch_seen,
-            "val_acc": val["accuracy"],
-            "val_f1": val["f1"],
-            "val_auc": val["auc"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": epoch_seconds,
-        }
-        result.history.append(row)
-        auc_text = "n/a" if val["auc"] is None else f"{val['auc']:.4f}"
-        progress.write(
-            f"{label} {settings.name} epoch {epoch}/{settings.epochs}: loss {row['train_loss']:.4f} "
-            f"acc {row['train_acc']:.3f} | val acc {val['accuracy']:.4f} f1 {val['f1']:.4f} auc {auc_text} "
-            f"| {epoch_seconds:.1f}s"
-        )
-        if average_from is not None:
-            continue  # the kept weights are the mean of the last epochs (below): nothing to choose or stop on
-        score = _selection_score(val, config.select_metric)
-        if settings.patience is None or score > best_score:
-            best_score, stale = score, 0
-            best_state = copy.deepcopy(model.state_dict())
+
+class _Keeper:
+    """The weights a phase keeps: its best epoch on validation (stopping after ``patience`` epochs without a
+    better one), its last epoch (``patience`` None), or the mean of its last ``average_epochs`` epochs' weights."""
+
+    def __init__(self, settings: PhaseSettings, metric: str):
+        self.settings, self.metric = settings, metric
+        self.average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
+        self.averaged: AveragedModel | None = None
+        self.best_score, self.best_state, self.stale = (-1.0, -1.0), None, 0
+
+    def average(self, epoch: int, model: torch.nn.Module) -> None:
+        """Add this epoch's weights to the mean once the averaged epochs begin."""
+        if self.average_from is not None and epoch >= self.average_from:
+            self.averaged = self.averaged or AveragedModel(model, use_buffers=False)
+            self.averaged.update_parameters(model)
+
+    def stop(self, epoch: int, model: torch.nn.Module, val: dict, result: PhaseResult) -> bool:
+        """Keep this epoch's weights if they are the best so far; whether to stop early."""
+        if self.average_from is not None:
+            return False  # the kept weights are the mean of the last epochs: nothing to choose or stop on
+        score = _selection_score(val, self.metric)
+        if self.settings.patience is None or score > self.best_score:
+            self.best_score, self.stale = score, 0
+            self.best_state = copy.deepcopy(model.state_dict())
             result.best_epoch, result.val_metrics = epoch, val
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                progress.write(f"{label} {settings.name}: early stop, no better val {config.select_metric} "
-                               f"for {stale} epochs")
-                break
-    progress.close()
+            return False
+        self.stale += 1
+        return self.stale >= self.settings.patience
 
-    if averaged is None:
-        model.load_state_dict(best_state)
-    else:
-        model.load_state_dict(averaged.module.state_dict())
-        # Batch-norm statistics of the averaged weights, not the last epoch's: one pass over the training images.
+    def restore(self, model: torch.nn.Module, images: np.ndarray, val_set: ImageSet, config: Config,
+                device: torch.device, result: PhaseResult) -> None:
+        """Load the kept weights into ``model``; averaged weights get batch-norm statistics of their own (one pass
+        over the training images) and a validation score."""
+        if self.averaged is None:
+            model.load_state_dict(self.best_state)
+            return
+        model.load_state_dict(self.averaged.module.state_dict())
         update_bn((to_float(to_tensor(images[i:i + config.eval_batch_size]), device)
                    for i in range(0, len(images), config.eval_batch_size)), model)
-        result.best_epoch, result.averaged_epochs = settings.epochs, settings.average_epochs
+        result.best_epoch, result.averaged_epochs = self.settings.epochs, self.settings.average_epochs
         result.val_metrics = classification_metrics(val_set.labels, predict_fake_proba(
             model, val_set.images, batch_size=config.eval_batch_size, device=device))
-        progress.write(f"{label} {settings.name}: mean of epochs {average_from}-{settings.epochs} kept, "
-                       f"val acc {result.val_metrics['accuracy']:.4f}")
-    result.seconds = train_seconds
-    result.images_per_second = images_seen / train_seconds if train_seconds > 0 else 0.0
-    return result
 
 
 def _parameter_groups(model: torch.nn.Module, lr: float, backbone_scale: float) -> list[dict]:
