@@ -1,10 +1,12 @@
 """benchmarks/benchmark.py and levers.py: what they report beside the scores (rescoring keeps the training
 time; a missing independent attack library is said, not left as silent n/a columns; a lever rerun never
-drops measured columns from the table)."""
+drops measured columns from the table; the unseen frontier probe keeps other runs' sections)."""
 import json
 
 import numpy as np
 import pytest
+
+from deepfake.errors import DeepfakeError
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +122,21 @@ def test_challenge_labels_reach_the_pipeline_cut_to_its_images_and_score_the_uns
     report = {"split": {"labels": "challenge JSON files", "unseen_labels_differ": int((challenge != unseen.labels).sum()),
                         "unseen_images": len(unseen)}, "unseen": {"m": scores}}
     assert f"| m | {100 * agreement:.1f} | 100.0 |" in "\n".join(benchmark.challenge_lines(report))
+
+
+def test_unseen_frontier_report_replaces_a_runs_section_and_keeps_the_others(tmp_path):
+    from benchmarks.unseen_frontier import frontier_rows, read_sections, render
+
+    report = tmp_path / "UNSEEN_FRONTIER.md"
+    report.write_text(render({"runs/a": ["- Command: `a`", "", "| 1 x | 90.0 | 1.0 |"],
+                              "runs/b": ["- Command: `b`"]}, 420))
+    sections = read_sections(report)
+    assert sections == {"runs/a": ["- Command: `a`", "", "| 1 x | 90.0 | 1.0 |"], "runs/b": ["- Command: `b`"]}
+    sections["runs/a"] = ["- Command: `a again`"]
+    report.write_text(render(sections, 420))
+    assert read_sections(report) == {"runs/a": ["- Command: `a again`"], "runs/b": ["- Command: `b`"]}
+    assert "420 unseen images" in report.read_text()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "results.json").write_text('{"models": {}, "config": {}}')
+    with pytest.raises(DeepfakeError, match="needs two final members, one of them resnet_se; found none"):
+        frontier_rows(tmp_path / "checkpoints", None, "resnet_se", [0.5])
