@@ -147,21 +147,28 @@ def main() -> int:
 def prepare_split(source: Path, target: Path, unseen_fraction: float, seed: int) -> tuple[Path, ImageSet]:
     """Link (never copy) the pipeline's share of the labelled images into target/train/{real,fake}, and the
     unlabelled test folder to target/test, where the pipeline finds the images it pseudo-labels."""
-    labelled = load_labelled(source)
-    pipeline_idx, unseen_idx = split_indices(labelled.labels, unseen_fraction, seed)
+    pipeline, unseen = challenge_split(source, unseen_fraction, seed)
     for label, name in enumerate(("real", "fake")):
         folder = target / "train" / name
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():
             old.unlink()
-        for i in pipeline_idx[labelled.labels[pipeline_idx] == label]:
-            (folder / Path(labelled.paths[i]).name).symlink_to(Path(labelled.paths[i]).resolve())
+        for path in (Path(p) for p, y in zip(pipeline.paths, pipeline.labels) if y == label):
+            (folder / path.name).symlink_to(path.resolve())
     test_link = target / "test"
     if test_link.is_symlink():
         test_link.unlink()
     if (source / "test").is_dir():
         test_link.symlink_to((source / "test").resolve(), target_is_directory=True)
-    return target, labelled.subset(unseen_idx)
+    return target, unseen
+
+
+def challenge_split(source: Path, unseen_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(pipeline part, unseen part) of the labelled images in ``source``: the stratified, seeded draw every
+    benchmark shares."""
+    labelled = load_labelled(source)
+    pipeline_idx, unseen_idx = split_indices(labelled.labels, unseen_fraction, seed)
+    return labelled.subset(pipeline_idx), labelled.subset(unseen_idx)
 
 
 def challenge_calls(source: Path) -> dict[Path, int]:

@@ -21,11 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from benchmarks.benchmark import ATTACK_STEPS, SPLIT_SEED, UNSEEN_FRACTION
+from benchmarks.benchmark import ATTACK_STEPS, SPLIT_SEED, UNSEEN_FRACTION, challenge_split
 from benchmarks.common import REPO, SHARED, command_as_typed, report_stamp
 from deepfake.checkpoints import load_checkpoint
 from deepfake.cut import weight_label, weighted_fake_proba
-from deepfake.data import ImageSet, load_labelled, split_indices
+from deepfake.data import ImageSet
 from deepfake.errors import DeepfakeError, report_errors
 from deepfake.frontier import EnsembleModel, attacked_accuracy
 from deepfake.inference import as_nchw_uint8, predict_fake_proba, to_float
@@ -51,7 +51,7 @@ def main() -> int:
 
 def write_report(args: argparse.Namespace, command: str) -> None:
     """Each run's section replaced (written as soon as it is measured), other runs' sections kept."""
-    unseen = unseen_split(args.data)
+    _, unseen = challenge_split(args.data, UNSEEN_FRACTION, SPLIT_SEED)
     sections = read_sections(args.output)
     for run in args.runs:
         rows = frontier_rows(run / "checkpoints", unseen, args.member, args.shares)
@@ -81,13 +81,6 @@ def render(sections: dict[str, list[str]], n_unseen: int) -> str:
     for name, body in sections.items():
         lines += [f"## `{name}`\n", *body, ""]
     return "\n".join(lines)
-
-
-def unseen_split(source: Path) -> ImageSet:
-    """The benchmark's unseen images: the same stratified, seeded draw as benchmark.prepare_split."""
-    labelled = load_labelled(source)
-    _, unseen_idx = split_indices(labelled.labels, UNSEEN_FRACTION, SPLIT_SEED)
-    return labelled.subset(unseen_idx)
 
 
 def frontier_rows(checkpoint_dir: Path, unseen: ImageSet, member: str,
