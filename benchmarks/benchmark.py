@@ -41,7 +41,7 @@ from deepfake.data import CLASS_NAMES, ImageSet, file_number, list_image_files, 
 from deepfake.cut import CROSSFIT_FOLDS, weight_label, weighted_fake_proba
 from deepfake.fold_run import fold_checkpoints
 from deepfake.folds import FoldAverage, fold_dir
-from deepfake.frontier import EnsembleModel, attacked_accuracy
+from deepfake.frontier import EnsembleModel, attacked_accuracy, choose_point
 from deepfake.inference import as_nchw_uint8, predict_fake_proba, to_float
 from deepfake.io import write_json, write_text
 from deepfake.labels import read_labels
@@ -293,12 +293,13 @@ def corrupted_accuracy(model: torch.nn.Module, images: ImageSet, tta: bool = Fal
 
 def score_operating_points(models: dict, frontier: dict, submitted: dict, unseen: ImageSet, tta: bool,
                            challenge: np.ndarray | None = None) -> dict:
-    """The ensemble at each operating point (weights and cut as chosen on validation), scored as one model; the
-    one ensemble.py submitted is marked. Points with the same weights are scored once."""
+    """The ensemble at each operating point (weights and cut chosen on validation as ``ensemble.py
+    --operating-point`` chooses them), scored as one model; the one ensemble.py submitted is marked. Points with
+    the same weights are scored once."""
     member_probs = {n: predict_fake_proba(m, unseen.images, tta_flip=tta) for n, m in models.items()}
     points = {}
-    for name, operating in frontier["operating_points"].items():
-        point = frontier["points"][operating["point"]]
+    for name in POINT_ORDER:
+        point = choose_point(frontier["points"], frontier["n_sample"], name)
         same = next((p for p in points.values() if p["weights"] == point["weights"]), None)
         if same is None:
             ensemble = EnsembleModel(models, point["weights"], point["threshold"], tta)

@@ -160,7 +160,7 @@ def load_ensemble(
     else:
         frontier = members_frontier(members, results, checkpoint_dir, config, torch_device, store=not checkpoints)
         point = {"name": operating_point, "min_clean": min_clean,
-                 **choose_point(frontier["points"], operating_point, min_clean)}
+                 **choose_point(frontier["points"], frontier["n_sample"], operating_point, min_clean)}
         named = next((o for o in frontier["operating_points"].values()
                       if frontier["points"][o["point"]]["weights"] == point["weights"]), {})
         point.update({k: v for k, v in named.items() if k != "point"})  # its attacks at 2/255 and by APGD-CE

@@ -106,7 +106,7 @@ def pooled_frontier(frontiers: list[dict], members: dict[str, dict], seed: int =
         })
     operating = {}
     for name in OPERATING_POINTS:
-        index = points.index(choose_point(points, name))
+        index = points.index(choose_point(points, int(sizes.sum()), name))
         extra = {}
         for key in ("pgd_2/255", "apgd_ce_8/255"):  # where every fold attacked this weighting at its operating point
             values = [next((o[key] for o in f["operating_points"].values()

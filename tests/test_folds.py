@@ -92,17 +92,17 @@ def _fold_frontier(labels, probs, pgd, n_sample):
 
 
 def test_the_pooled_frontier_scores_clean_on_every_oof_image_and_averages_attacks_by_fold_size():
-    first = _fold_frontier([0, 1, 1], {"a": [0.1, 0.9, 0.8], "b": [0.6, 0.9, 0.3]}, (0.2, 0.4, 0.3), n_sample=3)
-    second = _fold_frontier([0, 0, 1], {"a": [0.2, 0.3, 0.7], "b": [0.9, 0.1, 0.8]}, (0.5, 0.1, 0.6), n_sample=1)
+    first = _fold_frontier([0, 1, 1], {"a": [0.1, 0.9, 0.8], "b": [0.6, 0.9, 0.3]}, (0.2, 0.4, 0.3), n_sample=300)
+    second = _fold_frontier([0, 0, 1], {"a": [0.2, 0.3, 0.7], "b": [0.9, 0.1, 0.8]}, (0.5, 0.1, 0.6), n_sample=100)
     members = {"a": {"sha256": "x"}, "b": {"sha256": "y"}}
     pooled = pooled_frontier([first, second], members)
-    assert pooled["val"]["labels"] == [0, 1, 1, 0, 0, 1] and pooled["n_val"] == 6 and pooled["n_sample"] == 4
+    assert pooled["val"]["labels"] == [0, 1, 1, 0, 0, 1] and pooled["n_val"] == 6 and pooled["n_sample"] == 400
     alone_a = pooled["points"][0]
     assert alone_a["clean_accuracy"] == 1.0  # "a" separates all six OOF images at its cut
     assert alone_a["pgd_8/255"] == pytest.approx((3 * 0.2 + 1 * 0.5) / 4)
     assert pooled["points"][2]["corruption_accuracy"]["blur"] == pytest.approx(0.8)
     robust = pooled["operating_points"]["robust"]
-    assert pooled["points"][robust["point"]]["weights"] == {"a": 0.5, "b": 0.5}  # the most robust pooled point
+    assert pooled["points"][robust["point"]]["weights"] == {"a": 0.5, "b": 0.5}  # beyond the noise of 400 images
     assert robust["pgd_2/255"] == pytest.approx(0.9) and pooled["members"] == members
 
 
