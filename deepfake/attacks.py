@@ -7,26 +7,15 @@ neither the model's training mode nor its parameters' gradients. Labels are clas
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inference import eval_mode
+
 Epsilon = float | torch.Tensor
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Craft against the deterministic model (no dropout, no BatchNorm stat updates); restore every module's mode."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.train(training)
 
 
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: Epsilon,

@@ -22,7 +22,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from .attacks import eval_mode, fgsm, pgd
+from .attacks import fgsm, pgd
 from .checkpoints import CheckpointError, load_checkpoint
 from .config import Config
 from .corruptions import CORRUPTIONS, corrupt
@@ -30,7 +30,7 @@ from .data import CLASS_NAMES, SPLIT_NAME, ImageSet, load_validation, to_tensor
 from .explain import gradcam, target_layer_name
 from .cut import weight_label
 from .frontier import frontier_of
-from .inference import count_correct, fake_proba, predict_fake_proba, to_float
+from .inference import count_correct, eval_mode, fake_proba, predict_fake_proba, to_float
 from .metrics import classification_metrics
 from .plots import (PHASE_TITLES, attack_accuracy, eps_label, figure_names, headline_epsilons, plot_adversarial_grid,
                     plot_attack_comparison, plot_corruptions, plot_evaluation, plot_frontier, plot_gradcam,

@@ -16,7 +16,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .attacks import eval_mode
+from .inference import eval_mode
 
 MIN_GRID = 4  # cells per side of the map Grad-CAM reads
 

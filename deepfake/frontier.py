@@ -61,6 +61,7 @@ class EnsembleModel(nn.Module):
         self.log_weights = {name: math.log(weights[name] / total) for name in used}
         self.logit_cut = math.log(threshold / (1 - threshold))
         self.tta_flip = tta_flip
+        self.eval()  # a deployed detector: its members never train, whatever restores this wrapper's mode
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         terms = [self._member_log_probs(model, images) + self.log_weights[name]

@@ -1,8 +1,12 @@
 """Batched prediction, shared by training, evaluation and the ensemble."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import torch
+from torch import nn
 
 from .data import to_tensor
 from .errors import ConfigError
@@ -21,6 +25,19 @@ def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.to(device, non_blocking=True).float().div_(255)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The deterministic model (no dropout, no BatchNorm stat updates), then every module's own mode back: restoring
+    only the top module's would switch a wrapper's eval-mode members (an ensemble's) into training."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+
 def as_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images if isinstance(images, torch.Tensor) else to_tensor(images)
 
@@ -36,13 +53,10 @@ def predict_fake_proba(
 ) -> np.ndarray:
     """Probability of class 1 (fake) per image; images are uint8 NHWC arrays or uint8 NCHW tensors."""
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    batches = as_nchw_uint8(images).split(batch_size)
     probs = []
-    for batch in batches:
-        probs.append(fake_proba(model, to_float(batch, device), tta_flip).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in as_nchw_uint8(images).split(batch_size):
+            probs.append(fake_proba(model, to_float(batch, device), tta_flip).cpu())
     return torch.cat(probs).numpy() if probs else np.zeros(0, dtype=np.float32)
 
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepfake.attacks import eval_mode, fgsm, pgd, sample_epsilons
+from deepfake.attacks import fgsm, pgd, sample_epsilons
+from deepfake.inference import eval_mode
 
 
 def seeded() -> torch.Generator:

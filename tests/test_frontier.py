@@ -49,6 +49,7 @@ def test_the_ensemble_as_one_model_makes_exactly_the_submissions_calls(members, 
     labels = (np.arange(len(images)) % 2).astype(np.int64)
     cut = choose_threshold(labels, submitted)
     whole = EnsembleModel(members, weights, cut, tta_flip)
+    assert not any(module.training for module in whole.modules()), "a deployed detector never trains"
 
     as_one = predict_fake_proba(whole, images)
     np.testing.assert_array_equal(as_one >= 0.5, submitted >= cut)
