@@ -112,8 +112,9 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--operating-point", default=None, choices=OPERATING_POINTS,
                         help="where the weights stand on the members' accuracy-robustness frontier, measured on "
                              "validation with the ensemble attacked whole: accurate (best clean accuracy, never below "
-                             "the best member clean or corrupted), robust (best under PGD at 8/255) or balanced "
-                             f"(the most robust within 1 point of accurate's clean accuracy; default {OPERATING_POINTS[0]})")
+                             "the best member clean or corrupted), robust (best under PGD at 8/255; within one "
+                             "standard error of it, the weighting nearest one member alone) or balanced (the most "
+                             f"robust within 1 point of accurate's clean accuracy; default {OPERATING_POINTS[0]})")
     parser.add_argument("--min-clean", type=float, default=None, metavar="ACCURACY",
                         help="a floor on the operating point's clean validation accuracy, e.g. 0.90")
     parser.add_argument("--weights", default=None, choices=WEIGHT_SCHEMES,

@@ -30,7 +30,7 @@ from .models import build_from_config, zoo_entry
 from .pretrained import require_weights
 from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
 from .runtime import seed_everything, setup_runtime
-from .samples import adversarial_samples, augmented_samples
+from .samples import adversarial_samples, augmented_samples, weights_digest
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, train_phase
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,9 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
         crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
         adversarial = distributed.main_first(
             lambda: adversarial_samples(crafting_model, crafted_by, train, config, data_id, device))
+    # A final model is its base, the recipe, and the pool its phase 2 saw: the crafting model's weights included,
+    # so a --models subset, whose best base model may be another, never reuses finals a full run would not.
+    final_fingerprint = f"{fingerprint}-{crafted_by}-{weights_digest(crafting_model)}"
     finetune_pool = ImageSet.concat(train_pool, adversarial)
     del train_pool  # phase 1 is over; its copy of the training images would double phase 2's memory
 
@@ -164,7 +167,7 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
     _record(path, record_samples)
 
     for name in base_ready:
-        trainer.finetune(name, finetune_pool, val, timings)
+        trainer.finetune(name, finetune_pool, val, timings, final_fingerprint)
 
     if not distributed.is_main():
         return {}
@@ -191,25 +194,29 @@ class _ModelTrainer:
         return Path(self.config.checkpoint_dir) / f"{name}_{phase}.pt"
 
     def base(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
-        if self._is_current(name, "final") or self._is_current(name, "base"):
+        if self._is_current(name, "base", self.fingerprint):
             log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
             return True
         return self._train(name, lambda: build_from_config(name, self.config).to(self.device),
-                           lambda model: base_settings(self.config, name, model.pretrained_loaded), pool, val, timings)
+                           lambda model: base_settings(self.config, name, model.pretrained_loaded), pool, val, timings,
+                           self.fingerprint)
 
-    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
-        if self._is_current(name, "final"):
-            log.info("%s: final checkpoint matches the config, skipping phase 2 (--force retrains)", name)
+    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict, fingerprint: str) -> bool:
+        """Phase 2, skipped when the final checkpoint was trained on this base, recipe and adversarial pool
+        (``fingerprint``)."""
+        if self._is_current(name, "final", fingerprint):
+            log.info("%s: final checkpoint matches the config and its adversarial pool, skipping phase 2 (--force "
+                     "retrains)", name)
             return True
         return self._train(name, lambda: load_checkpoint(self.checkpoint(name, "base"), self.device),
-                           lambda model: finetune_settings(self.config, name), pool, val, timings)
+                           lambda model: finetune_settings(self.config, name), pool, val, timings, fingerprint)
 
     def best_base(self, names: list[str]) -> str:
         accuracies = {n: read_checkpoint(self.checkpoint(n, "base"))["metrics"]["val"]["accuracy"] for n in names}
         return max(accuracies, key=accuracies.get)
 
     def _train(self, name, make_model: Callable[[], nn.Module], make_settings: Callable[[nn.Module], PhaseSettings],
-               pool, val, timings) -> bool:
+               pool, val, timings, fingerprint: str) -> bool:
         # Reseeded per phase: a model's initialisation and dropout must not depend on which models
         # trained (or were skipped as already trained) before it, so a resumed or single-model run
         # rebuilds the model a full run made.
@@ -237,7 +244,7 @@ class _ModelTrainer:
         if distributed.is_main():
             save_checkpoint(
                 self.checkpoint(name, phase), model, config=self.config.to_dict(), phase=phase,
-                metrics={"val": outcome.val_metrics, "fingerprint": self.fingerprint, "data_id": self.data_id},
+                metrics={"val": outcome.val_metrics, "fingerprint": fingerprint, "data_id": self.data_id},
             )
 
         def record(results: dict) -> None:
@@ -262,14 +269,14 @@ class _ModelTrainer:
                  outcome.val_metrics["accuracy"], self.checkpoint(name, phase))
         return True
 
-    def _is_current(self, name: str, phase: str) -> bool:
+    def _is_current(self, name: str, phase: str, fingerprint: str) -> bool:
         if self.force or not self.checkpoint(name, phase).exists():
             return False
         try:
             payload = read_checkpoint(self.checkpoint(name, phase))
         except CheckpointError:
             return False
-        return payload.get("metrics", {}).get("fingerprint") == self.fingerprint
+        return payload.get("metrics", {}).get("fingerprint") == fingerprint
 
 
 def _class_counts(images: ImageSet) -> dict[str, int]:

@@ -67,34 +67,58 @@ def test_samples_generated_inside_the_data_folder_are_not_read_back_as_labelled_
 
     with caplog.at_level(logging.INFO, logger="deepfake"):
         run(config)
-    assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
+    assert "resnet_se: final checkpoint matches the config and its adversarial pool, skipping phase 2" in caplog.text
 
 
-def test_rerun_skips_finished_models_resumes_and_keeps_other_models(tmp_path, demo_dir, caplog):
-    models = ("resnet_se", "efficientnet_b0")
-    run(run_config(tmp_path, demo_dir, models=models))
-    checkpoints = tmp_path / "checkpoints"
-    base = checkpoints / "resnet_se_base.pt"
-    final = checkpoints / "resnet_se_final.pt"
-    base_written = base.stat().st_mtime_ns
-    final.unlink()  # as if the run had been interrupted during phase 2
+def test_an_interrupted_run_resumes_to_the_same_weights_and_a_subset_reuses_only_the_same_finals(
+        tiny_run, tmp_path, demo_dir, monkeypatch, caplog):
+    """Stopped after one member's phase 1, a run resumes to exactly the finals an uninterrupted run trains; then a
+    --models subset reuses a final only where its best base model, which crafts phase 2's pool, is the same."""
+    import deepfake.pipeline as pipeline
+
+    train_phase, phases = pipeline.train_phase, []
+
+    def interrupted_after_one_phase(*args, **kwargs):
+        if phases:
+            raise KeyboardInterrupt
+        phases.append(train_phase(*args, **kwargs))
+        return phases[-1]
+
+    monkeypatch.setattr(pipeline, "train_phase", interrupted_after_one_phase)
+    config = run_config(tmp_path, demo_dir)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    monkeypatch.undo()
+    checkpoints, first = tmp_path / "checkpoints", tiny_run.models[0]
+    base_written = (checkpoints / f"{first}_base.pt").stat().st_mtime_ns
+    assert not (checkpoints / f"{tiny_run.models[1]}_base.pt").exists()
 
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
-    assert "resnet_se: base checkpoint matches the config, skipping phase 1" in caplog.text
-    assert base.stat().st_mtime_ns == base_written
-    assert final.exists()
-    assert set(load_results(results_path(checkpoints))["models"]) == set(models)
+        run(config)
+    assert f"{first}: base checkpoint matches the config, skipping phase 1" in caplog.text
+    assert (checkpoints / f"{first}_base.pt").stat().st_mtime_ns == base_written
+    for name in tiny_run.models:
+        resumed = read_checkpoint(checkpoints / f"{name}_final.pt")["state_dict"]
+        uninterrupted = read_checkpoint(Path(tiny_run.checkpoint_dir) / f"{name}_final.pt")["state_dict"]
+        assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted), name
 
+    crafter = load_results(results_path(checkpoints))["adversarial_samples"]["crafted_by"]
+    other = next(name for name in tiny_run.models if name != crafter)
+    written = {name: (checkpoints / f"{name}_final.pt").stat().st_mtime_ns for name in (crafter, other)}
     caplog.clear()
-    final_written = final.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
-    assert "resnet_se: final checkpoint matches the config, skipping phase 2" in caplog.text
-    assert final.stat().st_mtime_ns == final_written
+        run(run_config(tmp_path, demo_dir, models=(crafter,)))
+        run(run_config(tmp_path, demo_dir, models=(other,)))
+    assert f"{crafter}: final checkpoint matches the config and its adversarial pool, skipping phase 2" in caplog.text
+    assert (checkpoints / f"{crafter}_final.pt").stat().st_mtime_ns == written[crafter]
+    assert f"{other}: final checkpoint matches" not in caplog.text, "its own pool, crafted by itself: retrained"
+    retrained = read_checkpoint(checkpoints / f"{other}_final.pt")["state_dict"]
+    full = read_checkpoint(Path(tiny_run.checkpoint_dir) / f"{other}_final.pt")["state_dict"]
+    assert not all(torch.equal(retrained[key], full[key]) for key in full)
+    assert set(load_results(results_path(checkpoints))["models"]) == set(tiny_run.models)
 
-    run(run_config(tmp_path, demo_dir, models=("resnet_se",)), force=True)
-    assert final.stat().st_mtime_ns != final_written
+    run(run_config(tmp_path, demo_dir, models=(crafter,)), force=True)
+    assert (checkpoints / f"{crafter}_final.pt").stat().st_mtime_ns != written[crafter]
 
 
 def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_diverged_model_keeps_none(
