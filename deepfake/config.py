@@ -91,7 +91,7 @@ class Config:
     eval_epsilons: tuple[float, ...] = (0.0, 0.02, 0.03, 0.05, 0.08, 8 / 255)
     pgd_steps: int = 10
     corruption_severities: tuple[int, ...] = (1, 2, 3)
-    gradcam_images: int = 6
+    gradcam_images: int = 6  # 0: no Grad-CAM figure
     eval_batch_size: int = 256
     # attack and corruption sweeps measure a seeded class-stratified sample of at most this many validation
     # images (0: all); clean metrics always use the whole split (evaluate.evaluation_sample)

@@ -107,10 +107,11 @@ def evaluate_model(name: str, checkpoints: dict[str, Path], val: ImageSet, corru
                 model, val.images[showcase], val.labels[showcase], settings["epsilons"], device)
             plot_adversarial_grid(adversarial, adversarial_probs, val.labels[showcase], settings["epsilons"],
                                   f"{name}: FGSM examples {PHASE_TITLES[phase]}", viz_dir / figures[f"adv_{phase}"])
-    with timed(seconds, "gradcam"):  # the last checkpoint evaluated: final, or base if fine-tuning failed
-        explained = showcase_indices(val.labels, config.gradcam_images, config.seed)
-        evaluation["gradcam"] = {"phase": phase, **explain_model(
-            model, val, explained, device, f"{name} ({phase} checkpoint)", viz_dir / figures["gradcam"])}
+    if config.gradcam_images:
+        with timed(seconds, "gradcam"):  # the last checkpoint evaluated: final, or base if fine-tuning failed
+            explained = showcase_indices(val.labels, config.gradcam_images, config.seed)
+            evaluation["gradcam"] = {"phase": phase, **explain_model(
+                model, val, explained, device, f"{name} ({phase} checkpoint)", viz_dir / figures["gradcam"])}
     with timed(seconds, "figures"):
         plot_attack_comparison(evaluation, name, viz_dir / figures["comparison"])
         plot_corruptions(evaluation, name, viz_dir / figures["corruptions"])

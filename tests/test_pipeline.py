@@ -19,6 +19,8 @@ from deepfake.results import load_results, load_run_config, results_path
 from deepfake.samples import sample_manifest
 from deepfake.train import NonFiniteLossError
 
+LIGHT = {"eval_max_images": 16, "gradcam_images": 0}  # a lighter evaluation; training and its fingerprints unchanged
+
 
 def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
     checkpoints = Path(tiny_run.checkpoint_dir)
@@ -55,7 +57,7 @@ def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
 def test_samples_generated_inside_the_data_folder_are_not_read_back_as_labelled_images(tmp_path, demo_dir, caplog):
     """The default layout writes data/generated/ inside data/: a rerun must see the same labelled images."""
     data = shutil.copytree(demo_dir, tmp_path / "data")
-    config = replace(run_config(tmp_path, data, models=("resnet_se",)), generated_dir=str(data / "generated"))
+    config = replace(run_config(tmp_path, data, models=("resnet_se",), **LIGHT), generated_dir=str(data / "generated"))
     run(config)
     generated = data / "generated"
     for kind in ("augmented", "adversarial"):
@@ -85,7 +87,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_a_subset_reuses_only
         return phases[-1]
 
     monkeypatch.setattr(pipeline, "train_phase", interrupted_after_one_phase)
-    config = run_config(tmp_path, demo_dir)
+    config = run_config(tmp_path, demo_dir, **LIGHT)
     with pytest.raises(KeyboardInterrupt):
         run(config)
     monkeypatch.undo()
@@ -107,8 +109,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_a_subset_reuses_only
     written = {name: (checkpoints / f"{name}_final.pt").stat().st_mtime_ns for name in (crafter, other)}
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, demo_dir, models=(crafter,)))
-        run(run_config(tmp_path, demo_dir, models=(other,)))
+        run(run_config(tmp_path, demo_dir, models=(crafter,), **LIGHT))
+        run(run_config(tmp_path, demo_dir, models=(other,), **LIGHT))
     assert f"{crafter}: final checkpoint matches the config and its adversarial pool, skipping phase 2" in caplog.text
     assert (checkpoints / f"{crafter}_final.pt").stat().st_mtime_ns == written[crafter]
     assert f"{other}: final checkpoint matches" not in caplog.text, "its own pool, crafted by itself: retrained"
@@ -117,7 +119,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_a_subset_reuses_only
     assert not all(torch.equal(retrained[key], full[key]) for key in full)
     assert set(load_results(results_path(checkpoints))["models"]) == set(tiny_run.models)
 
-    run(run_config(tmp_path, demo_dir, models=(crafter,)), force=True)
+    run(run_config(tmp_path, demo_dir, models=(crafter,), **LIGHT), force=True)
     assert (checkpoints / f"{crafter}_final.pt").stat().st_mtime_ns != written[crafter]
 
 
@@ -125,12 +127,12 @@ def test_other_training_pixels_retrain_and_drop_the_old_splits_results_and_a_div
         tmp_path, demo_dir, caplog):
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)
-    run(run_config(tmp_path, data, models=("efficientnet_b0",)))
+    run(run_config(tmp_path, data, models=("efficientnet_b0",), **LIGHT))
     first, second = sorted((data / "train" / "real").glob("*.png"))[:2]
     first.write_bytes(second.read_bytes())  # same file names, other pixels: another split
 
     with caplog.at_level(logging.INFO, logger="deepfake"):
-        run(run_config(tmp_path, data, models=("resnet_se",)))
+        run(run_config(tmp_path, data, models=("resnet_se",), **LIGHT))
     assert "efficientnet_b0 was trained on another split; its results are dropped" in caplog.text
     results = load_results(results_path(tmp_path / "checkpoints"))
     assert set(results["models"]) == {"resnet_se"}
@@ -160,7 +162,7 @@ def test_a_copied_run_keeps_its_figures_folder_beside_it(tmp_path, recorded, fig
 def test_a_model_trains_the_same_whatever_ran_before_it(tiny_run, tmp_path, demo_dir):
     """Each phase starts from the run's seed, so training one model alone (or resuming) rebuilds what a full run did."""
     assert tiny_run.models.index("resnet_se") > 0, "the full run must train another model before ResNet-SE"
-    run(run_config(tmp_path, demo_dir, models=("resnet_se",)))
+    run(run_config(tmp_path, demo_dir, models=("resnet_se",), **LIGHT))
     alone = read_checkpoint(tmp_path / "checkpoints" / "resnet_se_base.pt")["state_dict"]
     after_others = read_checkpoint(Path(tiny_run.checkpoint_dir) / "resnet_se_base.pt")["state_dict"]
     assert alone.keys() == after_others.keys()
