@@ -30,7 +30,7 @@ from .models import build_from_config, zoo_entry
 from .pretrained import require_weights
 from .results import library_versions, load_run_config, machine_description, results_path, timed, update_results
 from .runtime import seed_everything, setup_runtime
-from .samples import adversarial_samples, augmented_samples, weights_digest
+from .samples import adversarial_fingerprint, adversarial_samples, augmented_samples
 from .train import NonFiniteLossError, PhaseSettings, base_settings, finetune_settings, train_phase
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
             lambda: adversarial_samples(crafting_model, crafted_by, train, config, data_id, device))
     # A final model is its base, the recipe, and the pool its phase 2 saw: the crafting model's weights included,
     # so a --models subset, whose best base model may be another, never reuses finals a full run would not.
-    final_fingerprint = f"{fingerprint}-{crafted_by}-{weights_digest(crafting_model)}"
+    final_fingerprint = adversarial_fingerprint(crafting_model, crafted_by, config, data_id)
     finetune_pool = ImageSet.concat(train_pool, adversarial)
     del train_pool  # phase 1 is over; its copy of the training images would double phase 2's memory
 

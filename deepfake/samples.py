@@ -62,8 +62,13 @@ def adversarial_samples(
         extra = [{"eps": float(e), "crafted_by": crafted_by} for e in eps]
         return samples, extra, {"crafted_by": crafted_by}
 
-    fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}-{crafted_by}-{weights_digest(model)}"
-    return _reuse_or_generate("adversarial", config, fingerprint, make)
+    return _reuse_or_generate("adversarial", config, adversarial_fingerprint(model, crafted_by, config, data_id), make)
+
+
+def adversarial_fingerprint(model: torch.nn.Module, crafted_by: str, config: Config, data_id: str) -> str:
+    """What phase 2's adversarial pool depends on: the split, the recipe, and the crafting model's name and weights.
+    The pool's cache and the final checkpoints trained on it are both keyed by it."""
+    return f"{data_id}-{config.fingerprint(TRAINING_KEYS)}-{crafted_by}-{weights_digest(model)}"
 
 
 def weights_digest(model: torch.nn.Module) -> str:
