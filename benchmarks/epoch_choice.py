@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import REPO
 from benchmarks.levers import RUN_DIR, levers_data
-from deepfake.config import MODEL_NAMES, TRAINING_KEYS, make_config
+from deepfake.config import MODEL_NAMES, make_config
 from deepfake.inference import predict_fake_proba
 from deepfake.io import write_text
 from deepfake.metrics import classification_metrics
@@ -74,7 +74,7 @@ def measure(model_name: str, seed: int, average: int, run_dir: Path) -> dict:
                          on_epoch=lambda _epoch, _model, probs: epoch_probs.append(_rounded(probs)))
     return {
         "model": model_name, "seed": seed, "average": average, "date": date.today().isoformat(),
-        "config": {key: getattr(config, key) for key in TRAINING_KEYS}, "labels": val.labels.tolist(),
+        "config": config.training_values(model_name), "labels": val.labels.tolist(),
         "epoch_probs": epoch_probs, "average_probs": _rounded(predict_fake_proba(model, val.images, device=device)),
         "seconds": round(time.perf_counter() - started), "machine": machine_description(),
         "average_val_acc": result.val_metrics["accuracy"],  # what the pipeline records for these weights

@@ -44,7 +44,7 @@ from benchmarks.benchmark import CORRUPTIONS, SPLIT_SEED, UNSEEN_FRACTION, corru
 from benchmarks.common import REPO, RUNS, SHARED
 from deepfake.attacks import pgd
 from deepfake.cli import parse_overrides
-from deepfake.config import MODEL_NAMES, TRAINING_KEYS, Config, make_config
+from deepfake.config import MODEL_NAMES, Config, config_from_dict, make_config
 from deepfake.data import SPLIT_NAME, ImageSet, images_digest, load_labelled, load_split, save_split, split_indices
 from deepfake.folds import fold_indices, oof_metrics
 from deepfake.inference import as_nchw_uint8, count_correct, predict_fake_proba, to_float
@@ -68,8 +68,6 @@ RETIRED_FIELDS = {"cutout_prob": 0.0, "mixup_alpha": 0.0, "ema_decay": 0.0, "tra
                   "nfgsm_noise": 0.0, "rst_teacher": ""}
 LEVER_BUDGET = {"base_epochs": 8, "patience": 8}  # the --set of the reference row (see write_table)
 SPEED_ONLY = {"weights_dir", "threads"}  # fields a reference row of another preset may set (see write_table)
-PHASE2_KEYS = {"finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
-               "finetune_attack_steps", "finetune_anchor", "bf16_crafting", "adversarial_count"}
 BASE_CACHE = RUNS / "levers" / "base"
 
 
@@ -100,7 +98,7 @@ def main() -> int:
     device = setup_runtime(config)
     started = time.perf_counter()
     record = {"model": args.model, "preset": args.preset, "set": overrides,
-              "config": {key: getattr(config, key) for key in TRAINING_KEYS}, "train_fraction": args.train_fraction}
+              "config": lever_values(config, args.model), "train_fraction": args.train_fraction}
     if args.folds:
         record.update(fold_record(args.model, config, args.run_dir, args.folds, args.finetune, device))
     else:
@@ -181,8 +179,8 @@ def cached_base(model: torch.nn.Module, name: str, config: Config, train_fractio
                 train: Callable[[], PhaseResult]) -> tuple[PhaseResult, bool]:
     """Phase 1's outcome, loaded into ``model`` from the cache when the same model, phase-1 recipe and split
     trained it before, else ``train()``'s, then cached; and whether it came from the cache."""
-    recipe = {key: getattr(config, key) for key in TRAINING_KEYS if key not in PHASE2_KEYS}
-    key = json.dumps([name, recipe, train_fraction, images_digest(val)], sort_keys=True, default=list)
+    key = json.dumps([name, config.member_fingerprint(name, "base"), config.weights_dir, train_fraction,
+                      images_digest(val)])
     path = BASE_CACHE / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     if path.exists():
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -239,6 +237,23 @@ def levers_data(config: Config, run_dir: Path, train_fraction: float = 1.0) -> t
     return train, ImageSet.concat(train, augmented_samples(train, config, images_digest(train))), val
 
 
+def lever_values(config: Config, model: str) -> dict:
+    """What a record keeps of its config: ``model``'s training values, where the weights come from and the size
+    of the phase-2 pool."""
+    return {**config.training_values(model), "weights_dir": config.weights_dir,
+            "adversarial_count": config.adversarial_count}
+
+
+def record_values(record: dict) -> dict:
+    """A record's training values under today's field names, retired levers at the values that turned them off;
+    a record written before member recipes (flat fields, per-model side tables) is read through its config."""
+    values = record["config"]
+    if "bf16" not in values:
+        values = {**lever_values(config_from_dict(values), record["model"]),
+                  **{k: values[k] for k in ("weights_dir", "adversarial_count") if k in values}}
+    return {**RETIRED_FIELDS, **{k: v for k, v in record["config"].items() if k in RETIRED_FIELDS}, **values}
+
+
 def write_table() -> None:
     """One row per lever: what it changes from its preset's reference recipe, and what that measured.
 
@@ -249,18 +264,19 @@ def write_table() -> None:
     """
     pct = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
     records = [json.loads(line) for line in RECORDS.read_text().splitlines()]
-    defaults = json.loads(json.dumps({**RETIRED_FIELDS, **{key: getattr(Config(), key) for key in TRAINING_KEYS}}))
-    configs = [{**defaults, **record["config"]} for record in records]
+    configs = [json.loads(json.dumps(record_values(record))) for record in records]
     references = {}
     for record, config in zip(records, configs):
         preset = record.get("preset", "full")
         is_reference = (record["set"] == LEVER_BUDGET if preset == "full" else set(record["set"]) <= SPEED_ONLY)
-        if is_reference:
+        if is_reference:  # each model's own recipe is its reference where it has one
+            references.setdefault((preset, record["model"]), config)
             references.setdefault(preset, config)
     latest = {}  # a rerun of the same lever (newer fields, same numbers) replaces its row in place
     for record, config in zip(records, configs):
         preset = record.get("preset", "full")
-        changes = [f"{k}={v}" for k, v in config.items() if v != references[preset][k] and k not in SPEED_ONLY]
+        reference = references.get((preset, record["model"]), references[preset])
+        changes = [f"{k}={v}" for k, v in config.items() if v != reference[k] and k not in SPEED_ONLY]
         if record.get("folds"):
             oof = record.get("oof_final") or record["oof_base"]
             changes.append(f"({record['folds']}-fold OOF: {'final' if 'oof_final' in record else 'phase 1'} "

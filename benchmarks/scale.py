@@ -65,7 +65,7 @@ def run_pipeline(data_dir: Path, out_dir: Path, steps: int, overrides: list[str]
                "--data-dir", str(data_dir), "--checkpoint-dir", str(out_dir / "checkpoints"),
                "--generated-dir", str(out_dir / "generated"), "--viz-dir", str(out_dir / "visualizations"),
                "--device", "cpu", "--epochs", "1", "--finetune-epochs", "1",
-               "--set", f"model_width=(('{MODEL}', {WIDTH}),)", f"max_steps_per_epoch={steps}", *overrides]
+               "--set", f"{MODEL}.width={WIDTH}", f"max_steps_per_epoch={steps}", *overrides]
     started = time.perf_counter()
     with open(out_dir / "run.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -141,7 +141,7 @@ def main() -> int:
         "# Scale: time and memory against the number of images\n",
         report_stamp(),
         f"- Command: `{command}`: per size, seeded demo images (half real, half fake) in a scratch folder, then "
-        f"`deepfake_detection.py --preset tiny --models {MODEL} --set model_width=(('{MODEL}', {WIDTH}),) "
+        f"`deepfake_detection.py --preset tiny --models {MODEL} --set {MODEL}.width={WIDTH} "
         f"max_steps_per_epoch={args.steps}` with one epoch per phase, in a fresh process (1 torch thread, as "
         f"`tiny` sets)",
         "- Columns: the images split 80/20 into training and validation, and the validation sample the attack "

@@ -46,13 +46,14 @@ def step_speed(name: str, config: Config, device: torch.device, bf16: bool, comp
     torch.manual_seed(config.seed)
     model = build_from_config(name, config).to(device)
     run = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.member(name).lr,
+                                  weight_decay=config.member(name).weight_decay)
     x = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device)
     y = torch.randint(0, 2, (config.batch_size,), device=device)
 
     def train_step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(run(x), y, label_smoothing=config.label_smoothing)
+            loss = F.cross_entropy(run(x), y, label_smoothing=config.member(name).label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -113,7 +114,7 @@ def main() -> int:
                 rows.append(f"| {name} | {precision} | {mode} | {speed['images_per_second']:.0f} "
                             f"| {speed['first_step_s']:.1f} | {speed['first_eval_s']:.1f} |")
                 print(rows[-1], flush=True)
-    in_full = ", ".join(config.bf16_models)
+    in_full = ", ".join(name for name in config.members if config.member(name).bf16)
     command = command_as_typed("step_speed")
     write_text(args.output, "\n".join([
         "# Training-step speed\n",

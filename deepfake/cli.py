@@ -58,12 +58,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start timm members from ImageNet weights (the pretrained preset requires them)")
     parser.add_argument("--weights-dir", default=None,
                         help="folder of ImageNet weights named <timm name>.safetensors (or .pth, .bin)")
-    parser.add_argument("--epochs", type=int, default=None, help="base-training epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="base-training epochs of every member")
     parser.add_argument("--finetune-epochs", type=int, default=None,
-                        help="phase-2 (adversarial fine-tuning) epochs (default: the preset's)")
+                        help="phase-2 (adversarial fine-tuning) epochs of every member (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's, 128)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", dest="overrides",
-                        help="any other config field (deepfake/config.py), e.g. --set lr=1e-3 finetune_anchor=0")
+                        help="any other config field (deepfake/config.py), e.g. --set lr=1e-3 finetune_anchor=0; a "
+                             "recipe field for one member: --set resnet_se.lr=1e-3 (retrains that member only)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -1,16 +1,19 @@
-"""One configuration object for the whole pipeline, with named presets.
+"""The run's configuration and each member's recipe, with named presets.
 
-Every stage reads its knobs from :class:`Config`, and every run saves the resolved
-config next to its outputs, so any result can be reproduced from its results file.
+A :class:`Config` holds what every member shares (data, split, seed, device, generated samples,
+evaluation); a :class:`Recipe` holds what is a member's own (architecture options, learning rates,
+epochs, corruption share, precision, phase 2). A preset is shared values plus a few per-member ones,
+as DeepfakeBench keeps one small config per detector over shared defaults. Each member is
+fingerprinted by its own recipe and the shared training fields, so changing one member retrains it
+alone. Every run saves the resolved config, and each member's recipe, next to its outputs.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
 
@@ -20,13 +23,54 @@ SELECT_METRICS = ("accuracy", "auc")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # of the training steps (deepfake/precision.py)
 WEIGHT_SCHEMES = ("equal", "accuracy", "auc", "logodds")  # how ensemble.py weighs each model (deepfake.ensemble)
 OPERATING_POINTS = ("balanced", "accurate", "robust")  # ensemble.py's default first (deepfake.frontier)
-CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS, "precision": PRECISIONS}
-MODEL_LISTS = ("models", "spectrum_models", "bf16_models", "bf16_crafting")  # each name: the zoo's or timm's
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one member is built and trained. Defaults are the seed notebook's recipe."""
+
+    # The network
+    pretrained: bool = False  # start from ImageNet weights (deepfake/pretrained.py); timm members only
+    spectrum: bool = False  # add a Fourier-spectrum head (models.SpectrumHead)
+    width: float = 1.0  # channel multiplier
+    input_size: int = 0  # side a timm member sees, resized inside the model (models.Resize); 0 = image_size
+    # precision=auto trains it under bfloat16 autocast on a CPU that computes it natively (else float32)
+    bf16: bool = False
+    # with bf16, phase 2 also crafts its adversarial share and anchor targets in bfloat16 (train._phase2_precision);
+    # else, and in evaluation, attacks are float32
+    bf16_crafting: bool = False
+    # Phase 1: base training
+    lr: float = 5e-4  # AdamW, peak of the cosine schedule
+    weight_decay: float = 1e-4
+    base_epochs: int = 50
+    pretrained_epochs: int = 0  # phase-1 epochs when it loaded ImageNet weights (0: base_epochs); last kept
+    patience: int = 15  # epochs without a better validation select_metric
+    select_metric: str = "auc"  # auc | accuracy: picks the best base epoch (the other breaks ties)
+    # > 0: phase 1 keeps the mean of its last N epochs' weights (all of them when fewer; batch-norm statistics
+    # recomputed on the training images) instead of its best epoch, and runs every epoch (no early stopping)
+    average_epochs: int = 0
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
+    # Phase 2: adversarial fine-tuning
+    finetune_epochs: int = 15
+    finetune_lr: float = 1e-4
+    adv_ratio: float = 0.3  # share of each fine-tune batch that is adversarial
+    # pixel units in [0, 1]; the shared recipe's also budget the phase-2 pool (samples.adversarial_samples)
+    fgsm_epsilons: tuple[float, ...] = (0.02, 0.03, 0.05, 0.08)
+    fgsm_random_start: bool = False  # "Fast is better than free" style start
+    finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
+    finetune_anchor: float = 0.0  # > 0: weight of KL(base model || model) on phase 2's clean share (train._batch_loss)
+
+
+PHASE2_FIELDS = ("finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
+                 "finetune_attack_steps", "finetune_anchor", "bf16_crafting")
+RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 
 
 @dataclass
 class Config:
-    """Defaults are the seed notebook's recipe; presets override a few fields."""
+    """What every member shares, the shared recipe, and each member's departures from it."""
 
     preset: str = "full"
     # Paths
@@ -39,51 +83,19 @@ class Config:
     models: tuple[str, ...] = MODEL_NAMES
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 42
-    pretrained: bool = False  # start the timm members from ImageNet weights (deepfake/pretrained.py)
-    require_pretrained: bool = False  # a timm member without weights stops the run before training (else: scratch)
+    require_pretrained: bool = False  # a pretrained timm member without weights stops the run before training
     weights_dir: str = ""  # folder of <timm name>.safetensors/.pth/.bin files, tried before the hub
-    spectrum_models: tuple[str, ...] = ()  # models that get a Fourier-spectrum head (models.SpectrumHead)
     threads: int = 0  # torch CPU threads; 0 = all cores
     # auto: bfloat16 autocast on GPUs that compute it natively, float16 with a gradient scaler on older ones, and
-    # on a CPU bfloat16 for bf16_models where it is native, else float32; fp32 | fp16 | bf16: that, every model
+    # on a CPU bfloat16 for members whose recipe says bf16 where it is native, else float32; fp32 | fp16 | bf16: that
     precision: str = "auto"
-    bf16_models: tuple[str, ...] = ()  # models that precision=auto trains under bfloat16 autocast on a CPU
     # Data
     image_size: int = 32  # pixels; other sizes are resized on load
-    input_size: int = 0  # side the timm members see, resized inside the model (models.Resize); 0 = image_size
     val_fraction: float = 0.2
     folds: int = 0  # >= 2: stratified K-fold, every labelled image validated once, out of fold (deepfake/folds.py)
     augmentation: str = "seed"  # seed | lossless (data.train_transform, data.sample_transform)
-    corruption_prob: float = 0.0  # share of training images given a blur, JPEG or noise (data.training_corruption)
-    model_corruption_prob: tuple[tuple[str, float], ...] = ()  # (model, share) pairs replacing corruption_prob
-    # Phase 1: base training
     batch_size: int = 128
-    lr: float = 5e-4  # AdamW, peak of the cosine schedule
-    model_lr: tuple[tuple[str, float], ...] = ()  # (model, lr) pairs that replace lr in phase 1 for that model
-    model_width: tuple[tuple[str, float], ...] = ()  # (model, multiplier) pairs scaling that model's channels
-    pretrained_epochs: int = 0  # phase-1 epochs of a model that loaded ImageNet weights (0: base_epochs); last kept
-    backbone_lr_scale: float = 1.0  # a pretrained model's backbone trains at this times the lr of its new head
-    weight_decay: float = 1e-4
-    base_epochs: int = 50
-    patience: int = 15  # epochs without a better validation select_metric
-    select_metric: str = "auc"  # auc | accuracy: picks the best base epoch (the other breaks ties)
-    # > 0: phase 1 keeps the mean of its last N epochs' weights (batch-norm statistics recomputed on the
-    # training images) instead of its best epoch on validation, and runs every epoch (no early stopping)
-    average_epochs: int = 0
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
     max_steps_per_epoch: int = 0  # 0 = whole epoch; tests cap it
-    # Phase 2: adversarial fine-tuning
-    finetune_epochs: int = 15
-    finetune_lr: float = 1e-4
-    adv_ratio: float = 0.3  # share of each fine-tune batch that is adversarial
-    fgsm_epsilons: tuple[float, ...] = (0.02, 0.03, 0.05, 0.08)  # pixel units in [0, 1]
-    fgsm_random_start: bool = False  # "Fast is better than free" style start
-    finetune_attack_steps: int = 1  # 1: FGSM crafts the adversarial share; k > 1: PGD-k (random start, step 2.5 eps/k)
-    finetune_anchor: float = 0.0  # > 0: weight of KL(base model || model) on phase 2's clean share (train._batch_loss)
-    # bf16_models named here also craft phase 2's adversarial share and compute its anchor targets in the training
-    # steps' precision when that is bfloat16 (train._phase2_precision); else, and in evaluation, attacks are float32
-    bf16_crafting: tuple[str, ...] = ()
     # Generated samples (from the training split only)
     augment_per_class: int = 250
     adversarial_count: int = 400
@@ -97,46 +109,60 @@ class Config:
     # images (0: all); clean metrics always use the whole split (evaluate.evaluation_sample)
     eval_max_images: int = 2000
     tta_flip: bool = False
+    # Recipes: every member's, then each named member's own values (``--set resnet_se.lr=1e-3``)
+    recipe: Recipe = Recipe()
+    members: dict[str, dict] = field(default_factory=dict)
 
-    def fingerprint(self, keys: tuple[str, ...]) -> str:
-        """Short hash of the named fields, so a rerun can tell whether an output is stale."""
-        payload = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=list)
-        return hashlib.sha1(payload.encode()).hexdigest()[:12]
+    def member(self, name: str | None) -> Recipe:
+        """``name``'s recipe: the shared one with its own values over it (the shared one for None)."""
+        return dataclasses.replace(self.recipe, **self.members.get(name, {})) if name else self.recipe
+
+    def training_values(self, name: str | None) -> dict:
+        """Everything that decides how ``name`` trains: the shared training fields and its recipe, by field name."""
+        return {**{k: getattr(self, k) for k in SHARED_TRAINING_KEYS}, **dataclasses.asdict(self.member(name))}
+
+    def member_fingerprint(self, name: str, phase: str) -> str:
+        """Short hash of what decides ``name``'s ``phase`` ("base" or "final") checkpoint besides the data and,
+        for "final", the adversarial pool: its training values (phase-2 fields for "final" only; patience only
+        where it stops training; weights_dir only for a pretrained member)."""
+        values = self.training_values(name)
+        if phase == "base":
+            values = {k: v for k, v in values.items() if k not in PHASE2_FIELDS}
+        if values["average_epochs"]:
+            values.pop("patience")
+        if values["pretrained"]:
+            values["weights_dir"] = self.weights_dir
+        return _digest(values)
+
+    def fingerprint(self, keys: tuple[str, ...], **extra) -> str:
+        """Short hash of the named shared fields (and ``extra`` values), so a rerun can tell whether a generated
+        output is stale."""
+        return _digest({**{k: getattr(self, k) for k in keys}, **extra})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def corruption(self, model: str | None) -> float:
-        """``model``'s share of corrupted training images: its ``model_corruption_prob`` entry, else
-        ``corruption_prob``."""
-        return float(dict(self.model_corruption_prob).get(model, self.corruption_prob))
 
-    def width(self, model: str) -> float:
-        """``model``'s channel multiplier: its ``model_width`` entry, else full width."""
-        return float(dict(self.model_width).get(model, 1.0))
+def _digest(values: dict) -> str:
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
-# Fields that decide what a trained model is; changing any of them invalidates checkpoints.
-TRAINING_KEYS = (
-    "seed", "pretrained", "weights_dir", "spectrum_models", "precision", "bf16_models", "image_size", "input_size",
-    "pretrained_epochs", "backbone_lr_scale", "val_fraction", "augmentation",
-    "corruption_prob", "model_corruption_prob", "batch_size", "lr", "model_lr", "model_width", "weight_decay",
-    "base_epochs", "patience", "select_metric", "average_epochs", "warmup_epochs", "label_smoothing",
-    "max_steps_per_epoch", "finetune_epochs", "finetune_lr", "adv_ratio", "fgsm_epsilons", "fgsm_random_start",
-    "finetune_attack_steps", "finetune_anchor", "bf16_crafting", "augment_per_class", "adversarial_count",
-)
+RUN_FIELDS = tuple(f.name for f in fields(Config) if f.name not in ("preset", "recipe", "members"))
+# The shared fields that decide what every trained model is (with its recipe and the data).
+SHARED_TRAINING_KEYS = ("seed", "precision", "image_size", "val_fraction", "augmentation", "batch_size",
+                        "max_steps_per_epoch", "augment_per_class")
 
 # What the small-data measurements kept (benchmarks/LEVERS.md): augmentation that never resamples pixels,
-# epochs chosen on validation accuracy (the metric the submission is scored on), per-model learning rates,
-# budgets near the robustness targets, a PGD-3 adversarial share, and the spectrum head for the two timm
-# models only (without it they stay near chance from scratch; on ResNet-SE it costs robustness).
+# epochs chosen on validation accuracy (the metric the submission is scored on), budgets near the robustness
+# targets, a PGD-3 adversarial share; for the two timm members the spectrum head (without it they stay near
+# chance from scratch; on ResNet-SE it costs robustness), 3x the learning rate and half width (2.5x faster,
+# accuracy within noise); bf16 steps where they are 1.5x faster on bf16 CPUs (EfficientNet is slower in bf16).
 _MEASURED = dict(
-    augmentation="lossless", select_metric="accuracy", spectrum_models=("convnext_tiny", "efficientnet_b0"),
-    model_lr=(("convnext_tiny", 1.5e-3), ("efficientnet_b0", 1.5e-3)),  # the timm models train faster at 3x
-    fgsm_epsilons=(2 / 255, 4 / 255, 6 / 255, 8 / 255),
+    augmentation="lossless", select_metric="accuracy", fgsm_epsilons=(2 / 255, 4 / 255, 6 / 255, 8 / 255),
     finetune_attack_steps=3,
-    bf16_models=("convnext_tiny", "resnet_se"),  # 1.5x faster steps on bf16 CPUs; EfficientNet is slower in bf16
-    model_width=(("convnext_tiny", 0.5), ("efficientnet_b0", 0.5)),  # 2.5x faster, accuracy within noise
+    members={"convnext_tiny": dict(lr=1.5e-3, width=0.5, spectrum=True, bf16=True),
+             "efficientnet_b0": dict(lr=1.5e-3, width=0.5, spectrum=True),
+             "resnet_se": dict(bf16=True)},
 )
 
 # The reference recipe, sized for 20 CPU minutes: 30 epochs whose last 10 are averaged (batch-norm
@@ -145,10 +171,9 @@ _MEASURED = dict(
 _FULL = dict(
     _MEASURED, base_epochs=30, average_epochs=10, warmup_epochs=1, label_smoothing=0.1, fgsm_random_start=True,
     finetune_epochs=12, finetune_lr=3e-4, fgsm_epsilons=(4 / 255, 6 / 255, 8 / 255, 10 / 255), finetune_anchor=1.0,
-    bf16_crafting=("resnet_se",), eval_epsilons=(0.0, 2 / 255, 4 / 255, 8 / 255),
+    eval_epsilons=(0.0, 2 / 255, 4 / 255, 8 / 255),
+    members={**_MEASURED["members"], "resnet_se": dict(bf16=True, bf16_crafting=True)},
 )
-
-_DEFAULTS = Config()
 
 PRESETS: dict[str, dict] = {
     "full": _FULL,
@@ -156,19 +181,20 @@ PRESETS: dict[str, dict] = {
     # inside the model, fine-tuned briefly on images half of which get a blur, JPEG or noise (ImageNet
     # features are otherwise blind under blur); ResNet-SE (no ImageNet weights) trains from scratch as in full.
     "pretrained": dict(
-        _FULL, pretrained=True, require_pretrained=True, input_size=64, pretrained_epochs=8, spectrum_models=(),
-        model_width=(), model_lr=(), corruption_prob=0.5, model_corruption_prob=(("resnet_se", 0.0),),
+        _FULL, require_pretrained=True, pretrained=True, input_size=64, pretrained_epochs=8, corruption_prob=0.5,
+        members={"convnext_tiny": dict(bf16=True),
+                 "resnet_se": dict(pretrained=False, corruption_prob=0.0, bf16=True, bf16_crafting=True)},
     ),
     # The original seed notebook's recipe, kept so it can be rerun and compared.
     "seed": {},
     # The same pipeline scaled down to a few CPU minutes.
     "quick": dict(
-        **_MEASURED, base_epochs=6, patience=6, finetune_epochs=2, augment_per_class=100, adversarial_count=160,
+        _MEASURED, base_epochs=6, patience=6, finetune_epochs=2, augment_per_class=100, adversarial_count=160,
         pgd_steps=5, corruption_severities=(2,), eval_epsilons=(0.0, 8 / 255),
     ),
     # Seconds: for tests and smoke runs only.
     "tiny": dict(
-        **_MEASURED, batch_size=32, base_epochs=1, patience=1, finetune_epochs=1, max_steps_per_epoch=2,
+        _MEASURED, batch_size=32, base_epochs=1, patience=1, finetune_epochs=1, max_steps_per_epoch=2,
         augment_per_class=8, adversarial_count=8, pgd_steps=2, corruption_severities=(1,),
         gradcam_images=2, eval_batch_size=64, eval_epsilons=(0.0, 0.03), threads=1,
     ),
@@ -176,53 +202,97 @@ PRESETS: dict[str, dict] = {
 
 
 # Values a run would crash on late (after minutes of training) or that would silently mean nothing.
-_AT_LEAST_ONE = ("image_size", "batch_size", "base_epochs", "patience", "finetune_epochs", "finetune_attack_steps",
-                 "pgd_steps", "eval_batch_size")
-_NOT_NEGATIVE = ("folds", "threads", "input_size", "pretrained_epochs", "backbone_lr_scale", "lr", "finetune_lr",
-                 "weight_decay",
-                 "average_epochs", "warmup_epochs",
-                 "max_steps_per_epoch", "finetune_anchor", "augment_per_class",
-                 "adversarial_count", "gradcam_images", "eval_max_images")
+_AT_LEAST_ONE = ("image_size", "batch_size", "pgd_steps", "eval_batch_size",
+                 "base_epochs", "patience", "finetune_epochs", "finetune_attack_steps")
+_NOT_NEGATIVE = ("folds", "threads", "max_steps_per_epoch", "augment_per_class", "adversarial_count",
+                 "gradcam_images", "eval_max_images",
+                 "input_size", "pretrained_epochs", "lr", "finetune_lr", "weight_decay", "average_epochs",
+                 "warmup_epochs", "finetune_anchor")
 _SHARES = ("corruption_prob", "adv_ratio")  # in [0, 1]
 _BELOW_ONE = ("label_smoothing",)  # in [0, 1)
+_BUDGETS = ("fgsm_epsilons", "eval_epsilons")  # pixel units in [0, 1]
+_CHOICES = {"augmentation": AUGMENTATIONS, "select_metric": SELECT_METRICS, "precision": PRECISIONS}
 
 
 def make_config(preset: str = "full", /, **overrides) -> Config:
-    """Preset defaults, then explicit overrides; unknown names and out-of-range values fail loudly."""
+    """Preset values, then explicit overrides: ``lr=...`` sets every member (replacing the preset's per-member
+    values of it), ``resnet_se.lr=...`` one. Unknown names and out-of-range values fail loudly."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if "preset" in overrides:
         raise ConfigError("the preset is not a field to set: choose it with --preset")
-    known = {f.name for f in fields(Config)}
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    unknown = sorted(set(values) - known)
+    reserved = sorted({"recipe", "members"} & set(overrides))
+    if reserved:
+        raise ConfigError(f"{', '.join(reserved)} is not a field to set: set a member's own value with "
+                          f"--set NAME.FIELD=VALUE, every member's with --set FIELD=VALUE")
+    values = dict(PRESETS[preset])
+    members = {name: dict(own) for name, own in values.pop("members", {}).items()}
+    for key, value in overrides.items():
+        name, dot, key_field = key.rpartition(".")
+        if not dot:
+            values[key] = value
+            for own in members.values():
+                own.pop(key, None)
+        elif key_field in RUN_FIELDS:
+            raise ConfigError(f"{key}: {key_field} is shared by every member; set it with --set {key_field}=...")
+        else:
+            members.setdefault(name, {})[key_field] = value
+    _check_names(set(values) | {f for own in members.values() for f in own})
+    config = Config(preset=preset, **{k: _typed(k, v) for k, v in values.items() if k in RUN_FIELDS},
+                    recipe=Recipe(**{k: _typed(k, v) for k, v in values.items() if k in RECIPE_FIELDS}),
+                    members={name: {k: _typed(k, v) for k, v in own.items()} for name, own in members.items() if own})
+    _check(config)
+    return config
+
+
+def _check_names(names: set[str]) -> None:
+    known = set(RUN_FIELDS) | set(RECIPE_FIELDS)
+    unknown = sorted(names - known)
     if unknown:
         hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1)) else name
                  for name in unknown]
         raise ConfigError(f"unknown config field(s): {', '.join(hints)}")
-    config = Config(preset=preset, **{name: _typed(name, value) for name, value in values.items()})
-    for name, allowed in CHOICES.items():
-        if getattr(config, name) not in allowed:
-            raise ConfigError(f"unknown {name} {getattr(config, name)}; choose from {', '.join(allowed)}")
-    for name in MODEL_LISTS:
-        bad = _unknown_models(getattr(config, name))
-        if name == "models":
-            bad += _unknown_models(tuple(m for m, _ in (*config.model_lr, *config.model_width,
-                                                        *config.model_corruption_prob)))
-        if bad:
-            raise ConfigError(f"unknown model in {name}: {', '.join(bad)}; choose from {', '.join(MODEL_NAMES)} "
-                              f"or a timm model name (`python -c \"import timm; print(timm.list_models('*lite*'))\"`)")
-    bad_widths = [f"{m}={w}" for m, w in config.model_width if not w > 0]
-    if bad_widths:
-        raise ConfigError(f"model_width multipliers must be positive, got {', '.join(bad_widths)}")
+
+
+def _check(config: Config) -> None:
+    """Choices, model names and ranges of the shared fields and of every member's resolved recipe."""
+    bad = _unknown_models((*config.models, *config.members))
+    if bad:
+        raise ConfigError(f"unknown model {', '.join(bad)}; choose from {', '.join(MODEL_NAMES)} or a timm model "
+                          f"name (`python -c \"import timm; print(timm.list_models('*lite*'))\"`)")
     if len(set(config.models)) < len(config.models):
         raise ConfigError(f"models names a model twice ({', '.join(config.models)}); name each once")
-    idle = [m for m in config.bf16_crafting if m not in config.bf16_models]
-    if idle:
-        raise ConfigError(f"bf16_crafting names {', '.join(idle)}, not in bf16_models: its training steps run in "
-                          f"float32, so it crafts in float32; add it to bf16_models or drop it from bf16_crafting")
-    _check_ranges(config)
-    return config
+    problems = [text for _, text in _problems("", config) + _problems("", config.recipe)]
+    for name, own in config.members.items():  # a member's own values; the shared ones are checked above
+        problems += [text for key, text in _problems(f"{name}.", config.member(name))
+                     if key in own or key == "bf16_crafting" and "bf16" in own]
+    if problems:
+        raise ConfigError(f"config value out of range: {'; '.join(problems)}")
+
+
+def _problems(prefix: str, values: Config | Recipe) -> list[tuple[str, str]]:
+    """(field, what is wrong) for the fields ``values`` has, each named ``prefix`` + field in the text."""
+    def own(names):
+        return [(n, prefix + n, getattr(values, n)) for n in names if hasattr(values, n)]
+
+    bad = [(k, f"{n}={v} (choose from {', '.join(_CHOICES[k])})") for k, n, v in own(_CHOICES) if v not in _CHOICES[k]]
+    bad += [(k, f"{n}={v} (at least 1)") for k, n, v in own(_AT_LEAST_ONE) if v < 1]
+    bad += [(k, f"{n}={v} (not negative)") for k, n, v in own(_NOT_NEGATIVE) if v < 0]
+    bad += [(k, f"{n}={v} (in [0, 1])") for k, n, v in own(_SHARES) if not 0 <= v <= 1]
+    bad += [(k, f"{n}={v} (in [0, 1))") for k, n, v in own(_BELOW_ONE) if not 0 <= v < 1]
+    bad += [(k, f"{n} has {eps} (budgets are pixel units in [0, 1])") for k, n, v in own(_BUDGETS) for eps in v
+            if not 0 <= eps <= 1]
+    if isinstance(values, Recipe):
+        bad += [("width", f"{prefix}width={values.width} (positive)")] if not values.width > 0 else []
+        bad += ([("bf16_crafting", f"{prefix}bf16_crafting=True needs {prefix}bf16=True: its training steps run in "
+                                   f"float32, so it crafts in float32")] if values.bf16_crafting and not values.bf16
+                else [])
+    else:
+        bad += ([("val_fraction", f"val_fraction={values.val_fraction} (between 0 and 1)")]
+                if not 0 < values.val_fraction < 1 else [])
+        bad += [("folds", f"folds={values.folds} (0 for one split, else at least 2)")] if values.folds == 1 else []
+    return bad
 
 
 def _unknown_models(names: tuple[str, ...]) -> list[str]:
@@ -235,29 +305,13 @@ def _unknown_models(names: tuple[str, ...]) -> list[str]:
     return [name for name in others if not timm.is_model(name)]
 
 
-def _check_ranges(config: Config) -> None:
-    value = functools.partial(getattr, config)
-    bad = [f"{n}={value(n)} (at least 1)" for n in _AT_LEAST_ONE if value(n) < 1]
-    bad += [f"{n}={value(n)} (not negative)" for n in _NOT_NEGATIVE if value(n) < 0]
-    bad += [f"{n}={value(n)} (in [0, 1])" for n in _SHARES if not 0 <= value(n) <= 1]
-    bad += [f"model_corruption_prob {m}={p} (in [0, 1])" for m, p in config.model_corruption_prob if not 0 <= p <= 1]
-    bad += [f"{n}={value(n)} (in [0, 1))" for n in _BELOW_ONE if not 0 <= value(n) < 1]
-    bad += [f"val_fraction={config.val_fraction} (between 0 and 1)"] if not 0 < config.val_fraction < 1 else []
-    bad += [f"folds={config.folds} (0 for one split, else at least 2)"] if config.folds == 1 else []
-    bad += ([f"average_epochs={config.average_epochs} (at most base_epochs={config.base_epochs})"]
-            if config.average_epochs > config.base_epochs else [])
-    bad += [f"{n} has {eps} (budgets are pixel units in [0, 1])" for n in ("fgsm_epsilons", "eval_epsilons")
-            for eps in value(n) if not 0 <= eps <= 1]
-    if bad:
-        raise ConfigError(f"config value out of range: {'; '.join(bad)}")
-
-
 _KINDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string", tuple: "a tuple like (1, 2)"}
+_DEFAULTS = {**{f: getattr(Config(), f) for f in RUN_FIELDS}, **dataclasses.asdict(Recipe())}
 
 
 def _typed(name: str, value):
     """The value as its field's type (lists become tuples, ints floats); ConfigError when it cannot be."""
-    expected = type(getattr(_DEFAULTS, name))
+    expected = type(_DEFAULTS[name])
     value = _tuples(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -266,10 +320,31 @@ def _typed(name: str, value):
     return value
 
 
+# A run saved before recipes (flat fields and per-model side tables), read as shared values and member recipes.
+_SIDE_TABLES = {"model_lr": "lr", "model_width": "width", "model_corruption_prob": "corruption_prob"}
+_MODEL_LISTS = {"spectrum_models": "spectrum", "bf16_models": "bf16", "bf16_crafting": "bf16_crafting"}
+
+
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a saved config (JSON turns tuples into lists)."""
-    return Config(**{f.name: _tuples(values[f.name]) for f in fields(Config) if f.name in values})
+    """Rebuild a saved config (JSON turns tuples into lists), also one saved before member recipes."""
+    values = {k: _tuples(v) for k, v in values.items()}
+    if "recipe" in values:
+        recipe = Recipe(**{k: v for k, v in values["recipe"].items() if k in RECIPE_FIELDS})
+        members = {name: {k: v for k, v in own.items() if k in RECIPE_FIELDS}
+                   for name, own in values.get("members", {}).items()}
+    else:
+        recipe = Recipe(**{k: v for k, v in values.items() if k in RECIPE_FIELDS and k not in _MODEL_LISTS})
+        members = {}
+        for table, key in _SIDE_TABLES.items():
+            for name, value in values.get(table, ()):
+                members.setdefault(name, {})[key] = value
+        for listing, key in _MODEL_LISTS.items():
+            for name in values.get(listing, ()):
+                members.setdefault(name, {})[key] = True
+    return Config(**{k: values[k] for k in ("preset", *RUN_FIELDS) if k in values}, recipe=recipe, members=members)
 
 
 def _tuples(value):
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

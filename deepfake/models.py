@@ -176,7 +176,7 @@ def _timm_model(name: str) -> Callable[[float, int], nn.Module]:
     """Any timm architecture, stock, with a two-class head."""
     def build(width: float, input_size: int) -> nn.Module:
         if width != 1.0:
-            raise ValueError(f"{name} is built at full width only (model_width gives it {width})")
+            raise ValueError(f"{name} is built at full width only (its recipe gives width={width})")
         return timm.create_model(name, num_classes=len(CLASS_NAMES))
     return build
 
@@ -237,17 +237,12 @@ def build_model(name: str, pretrained: bool = False, spectrum: bool = False, wid
 
 
 def build_from_config(name: str, config: Config) -> nn.Module:
-    """The fresh model ``config`` asks for: its pretrained flag, spectrum head, width and input size (ResNet-SE,
-    built for 32x32 and without ImageNet weights, always sees the images' own size)."""
-    scaled = zoo_entry(name).timm_name is not None and config.input_size
-    return build_model(name, config.pretrained, name in config.spectrum_models, config.width(name),
-                       config.input_size if scaled else config.image_size, config.weights_dir)
-
-
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters a pretrained model starts without: its new classifier and the spectrum head."""
-    params = list(model.spectrum.parameters()) if model.spectrum is not None else []
-    return params + list(model.backbone.get_classifier().parameters())
+    """The fresh model ``name``'s recipe asks for: its pretrained flag, spectrum head, width and input size
+    (ResNet-SE, built for 32x32 and without ImageNet weights, always sees the images' own size)."""
+    recipe = config.member(name)
+    scaled = zoo_entry(name).timm_name is not None and recipe.input_size
+    return build_model(name, recipe.pretrained, recipe.spectrum, recipe.width,
+                       recipe.input_size if scaled else config.image_size, config.weights_dir)
 
 
 def _pretrained_weights(name: str, timm_name: str | None, weights_dir) -> dict[str, torch.Tensor] | None:

@@ -8,6 +8,7 @@ writes samples, checkpoints and results, and evaluates.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import TRAINING_KEYS, Config
+from .config import Config
 from .data import (SPLIT_NAME, ImageSet, find_test_dir, images_digest, load_labelled, resolve_data_dir, save_split,
                    split_indices)
 from .evaluate import evaluate_run
@@ -60,8 +61,8 @@ def run(config: Config, *, force: bool = False, evaluate_only: bool = False, exp
 
 def _train_and_evaluate(config: Config, force: bool, explicit_data_dir: bool) -> dict:
     device = setup_runtime(config)
-    if config.pretrained and config.require_pretrained:
-        timm_names = {name: zoo_entry(name).timm_name for name in config.models}
+    if config.require_pretrained:
+        timm_names = {name: zoo_entry(name).timm_name for name in config.models if config.member(name).pretrained}
         require_weights({name: timm_name for name, timm_name in timm_names.items() if timm_name}, config.weights_dir)
 
     timings: dict[str, float] = {}
@@ -138,28 +139,27 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
 
     _record(path, record_run)
 
-    fingerprint = f"{data_id}-{config.fingerprint(TRAINING_KEYS)}"
-    trainer = _ModelTrainer(config, device, path, fingerprint, data_id, force)
+    trainer = _ModelTrainer(config, device, path, data_id, force)
     base_ready = [name for name in config.models if trainer.base(name, train_pool, val, timings)]
     if not base_ready:
         raise NonFiniteLossError("no model finished base training (see the errors above): lower the learning rate "
-                                 "(--set lr=... model_lr=...) and rerun")
+                                 "(--set lr=... or NAME.lr=...) and rerun")
 
     crafted_by = trainer.best_base(base_ready)
     with timed(timings, "adversarial_samples"):
         crafting_model = load_checkpoint(trainer.checkpoint(crafted_by, "base"), device)
         adversarial = distributed.main_first(
             lambda: adversarial_samples(crafting_model, crafted_by, train, config, data_id, device))
-    # A final model is its base, the recipe, and the pool its phase 2 saw: the crafting model's weights included,
+    # A final model is its base, its recipe, and the pool its phase 2 saw: the crafting model's weights included,
     # so a --models subset, whose best base model may be another, never reuses finals a full run would not.
-    final_fingerprint = adversarial_fingerprint(crafting_model, crafted_by, config, data_id)
+    adversarial_id = adversarial_fingerprint(crafting_model, crafted_by, config, data_id)
     finetune_pool = ImageSet.concat(train_pool, adversarial)
     del train_pool  # phase 1 is over; its copy of the training images would double phase 2's memory
 
     def record_samples(results: dict) -> None:
         results["data"]["counts"]["adversarial"] = _class_counts(adversarial)
         results["adversarial_samples"] = {
-            "crafted_by": crafted_by, "count": len(adversarial), "epsilons": list(config.fgsm_epsilons),
+            "crafted_by": crafted_by, "count": len(adversarial), "epsilons": list(config.recipe.fgsm_epsilons),
             "dir": str(Path(config.generated_dir) / "adversarial"),
         }
         results["timings"] = timings
@@ -167,7 +167,7 @@ def _train_split(config: Config, device: torch.device, train: ImageSet, val: Ima
     _record(path, record_samples)
 
     for name in base_ready:
-        trainer.finetune(name, finetune_pool, val, timings, final_fingerprint)
+        trainer.finetune(name, finetune_pool, val, timings, adversarial_id)
 
     if not distributed.is_main():
         return {}
@@ -183,29 +183,34 @@ def _record(path: Path, mutate: Callable[[dict], None]) -> None:
 
 
 class _ModelTrainer:
-    """Runs one phase for one model, skipping it when a matching checkpoint already exists."""
+    """Runs one phase for one model, skipping it when a checkpoint of the same data and the model's own recipe (and,
+    for phase 2, the same adversarial pool) already exists."""
 
-    def __init__(self, config: Config, device: torch.device, results_file: Path, fingerprint: str, data_id: str,
-                 force: bool):
+    def __init__(self, config: Config, device: torch.device, results_file: Path, data_id: str, force: bool):
         self.config, self.device, self.results_file = config, device, results_file
-        self.fingerprint, self.data_id, self.force = fingerprint, data_id, force
+        self.data_id, self.force = data_id, force
+
+    def fingerprint(self, name: str, phase: str, pool: str = "") -> str:
+        return "-".join(filter(None, (self.data_id, self.config.member_fingerprint(name, phase), pool)))
 
     def checkpoint(self, name: str, phase: str) -> Path:
         return Path(self.config.checkpoint_dir) / f"{name}_{phase}.pt"
 
     def base(self, name: str, pool: ImageSet, val: ImageSet, timings: dict) -> bool:
-        if self._is_current(name, "base", self.fingerprint):
-            log.info("%s: base checkpoint matches the config, skipping phase 1 (--force retrains)", name)
+        fingerprint = self.fingerprint(name, "base")
+        if self._is_current(name, "base", fingerprint):
+            log.info("%s: base checkpoint matches its recipe, skipping phase 1 (--force retrains)", name)
             return True
         return self._train(name, lambda: build_from_config(name, self.config).to(self.device),
                            lambda model: base_settings(self.config, name, model.pretrained_loaded), pool, val, timings,
-                           self.fingerprint)
+                           fingerprint)
 
-    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict, fingerprint: str) -> bool:
-        """Phase 2, skipped when the final checkpoint was trained on this base, recipe and adversarial pool
-        (``fingerprint``)."""
+    def finetune(self, name: str, pool: ImageSet, val: ImageSet, timings: dict, adversarial: str) -> bool:
+        """Phase 2, skipped when the final checkpoint was trained on this base and recipe and on the adversarial
+        pool whose fingerprint is ``adversarial``."""
+        fingerprint = self.fingerprint(name, "final", adversarial)
         if self._is_current(name, "final", fingerprint):
-            log.info("%s: final checkpoint matches the config and its adversarial pool, skipping phase 2 (--force "
+            log.info("%s: final checkpoint matches its recipe and the adversarial pool, skipping phase 2 (--force "
                      "retrains)", name)
             return True
         return self._train(name, lambda: load_checkpoint(self.checkpoint(name, "base"), self.device),
@@ -249,7 +254,8 @@ class _ModelTrainer:
 
         def record(results: dict) -> None:
             if settings.name == "base":
-                results["models"][name] = {"pretrained": bool(model.pretrained_loaded), "data_id": self.data_id}
+                results["models"][name] = {"pretrained": bool(model.pretrained_loaded), "data_id": self.data_id,
+                                           "recipe": dataclasses.asdict(self.config.member(name))}
             entry = results["models"].setdefault(name, {})
             entry.pop("error", None)
             entry.setdefault("checkpoints", {})[phase] = str(self.checkpoint(name, phase))

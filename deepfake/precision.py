@@ -45,8 +45,8 @@ class Precision:
 
 
 def training_precision(setting: str, device: torch.device, bf16_model: bool = False) -> Precision:
-    """The precision ``setting`` (config.precision) means on ``device``; ``bf16_model``: the model is in
-    config.bf16_models, which on a CPU is the measured list of models that ``auto`` trains in bfloat16."""
+    """The precision ``setting`` (config.precision) means on ``device``; ``bf16_model``: the model's
+    recipe says ``bf16``, which on a CPU marks the models measured to train faster in bfloat16 under ``auto``."""
     if setting != "auto":
         precision = Precision(DTYPES[setting], f"precision={setting} asked for")
         if precision.dtype == torch.bfloat16 and not native_bf16(device):
@@ -58,10 +58,10 @@ def training_precision(setting: str, device: torch.device, bf16_model: bool = Fa
         return Precision(torch.float16, f"auto: {describe(device)} has no native bfloat16, so float16 with a "
                                         f"gradient scaler")
     if not bf16_model:
-        return Precision(torch.float32, "auto: on a CPU only bf16_models train in bfloat16")
+        return Precision(torch.float32, "auto: on a CPU only members whose recipe says bf16 train in bfloat16")
     if native_bf16(device):
-        return Precision(torch.bfloat16, "auto: in bf16_models, and this CPU computes bfloat16 natively")
-    return Precision(torch.float32, "auto: in bf16_models, but this CPU has no native bfloat16 (emulated it is "
+        return Precision(torch.bfloat16, "auto: its recipe says bf16, and this CPU computes bfloat16 natively")
+    return Precision(torch.float32, "auto: its recipe says bf16, but this CPU has no native bfloat16 (emulated it is "
                                     "slower than float32)")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .attacks import fgsm, sample_epsilons
-from .config import TRAINING_KEYS, Config
+from .config import Config
 from .data import CLASS_NAMES, ImageSet, augment, load_images, sample_transform, to_tensor
 from .inference import to_float
 from .io import atomic_path, read_json, write_json
@@ -45,13 +45,14 @@ def augmented_samples(train: ImageSet, config: Config, data_id: str) -> ImageSet
 def adversarial_samples(
     model: torch.nn.Module, crafted_by: str, train: ImageSet, config: Config, data_id: str, device: torch.device,
 ) -> ImageSet:
-    """``adversarial_count`` FGSM images against a trained base model; each keeps its source's true label."""
+    """``adversarial_count`` FGSM images against a trained base model, at the shared recipe's budgets; each keeps
+    its source's true label."""
     def make() -> tuple[ImageSet, list[dict], dict]:
         generator = torch.Generator().manual_seed(config.seed + 7)
         sources = torch.randperm(len(train), generator=generator)[: config.adversarial_count].numpy()
         if len(sources) < config.adversarial_count:
             sources = np.resize(sources, config.adversarial_count)
-        eps = sample_epsilons(len(sources), config.fgsm_epsilons, generator)
+        eps = sample_epsilons(len(sources), config.recipe.fgsm_epsilons, generator)
         adversarial = []
         for chunk in np.array_split(np.arange(len(sources)), max(1, len(sources) // config.eval_batch_size)):
             x = to_float(to_tensor(train.images[sources[chunk]]), device)
@@ -66,9 +67,10 @@ def adversarial_samples(
 
 
 def adversarial_fingerprint(model: torch.nn.Module, crafted_by: str, config: Config, data_id: str) -> str:
-    """What phase 2's adversarial pool depends on: the split, the recipe, and the crafting model's name and weights.
-    The pool's cache and the final checkpoints trained on it are both keyed by it."""
-    return f"{data_id}-{config.fingerprint(TRAINING_KEYS)}-{crafted_by}-{weights_digest(model)}"
+    """What phase 2's adversarial pool depends on: the split, its size and budgets, and the crafting model's name and
+    weights (which hold its recipe). The pool's cache and the final checkpoints trained on it are both keyed by it."""
+    recipe = config.fingerprint(("seed", "image_size", "adversarial_count"), epsilons=config.recipe.fgsm_epsilons)
+    return f"{data_id}-{recipe}-{crafted_by}-{weights_digest(model)}"
 
 
 def weights_digest(model: torch.nn.Module) -> str:

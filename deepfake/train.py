@@ -23,12 +23,11 @@ from tqdm.auto import tqdm
 from . import distributed
 from .attacks import fgsm, pgd, sample_epsilons
 from .batches import EpochPlan, JitteredBatches, batch_loader, worker_count
-from .config import Config
+from .config import Config, Recipe
 from .data import ImageSet, to_tensor, train_transform
 from .errors import DeepfakeError
 from .inference import predict_fake_proba, to_float
 from .metrics import classification_metrics
-from .models import head_parameters
 from .precision import training_precision
 
 log = logging.getLogger(__name__)
@@ -40,16 +39,22 @@ class NonFiniteLossError(DeepfakeError, RuntimeError):
 
 @dataclass
 class PhaseSettings:
+    """One phase of one member: its length, rate, adversarial share and what it keeps; the member's recipe gives
+    the rest (weight decay, warm-up, smoothing, selection metric, corruption share, precision, phase 2's attacks)."""
+
     name: str  # "base" or "finetune"
     epochs: int
     lr: float
     adv_ratio: float
     patience: int | None  # None: keep the last epoch (no early stopping)
-    corruption_prob: float  # share of training images given a blur, JPEG or noise (data.training_corruption)
-    bf16: bool = False  # in config.bf16_models: precision=auto trains it in bfloat16 on a CPU that computes it natively
-    bf16_crafting: bool = False  # phase 2 crafts its attacks and anchor targets in the training step's bfloat16
+    recipe: Recipe = Recipe()
     anchor: float = 0.0  # weight of KL(the phase's starting weights || the model) on the clean share (_batch_loss)
     average_epochs: int = 0  # > 0: keep the mean of the last N epochs' weights (no early stopping, no best epoch)
+
+    @property
+    def bf16_crafting(self) -> bool:
+        """Phase 2 crafts its attacks and anchor targets in the training step's bfloat16 (phase 1 crafts none)."""
+        return self.name == "finetune" and self.recipe.bf16_crafting
 
 
 @dataclass
@@ -65,24 +70,21 @@ class PhaseResult:
 
 
 def base_settings(config: Config, model: str | None = None, pretrained: bool = False) -> PhaseSettings:
-    """Phase 1 for ``model``: its own learning rate and corruption share where ``config.model_lr`` and
-    ``config.model_corruption_prob`` name one; a model that starts from ImageNet weights fine-tunes for
-    ``pretrained_epochs`` and keeps its last epoch."""
-    lr = dict(config.model_lr).get(model, config.lr)
-    if pretrained and config.pretrained_epochs:
-        return PhaseSettings("base", config.pretrained_epochs, lr, 0.0, None, config.corruption(model),
-                             model in config.bf16_models)
-    patience = None if config.average_epochs else config.patience
-    return PhaseSettings("base", config.base_epochs, lr, 0.0, patience, config.corruption(model),
-                         model in config.bf16_models, average_epochs=config.average_epochs)
+    """Phase 1 for ``model``, by its recipe (the shared one for None); a model that starts from ImageNet weights
+    fine-tunes for ``pretrained_epochs`` and keeps its last epoch."""
+    recipe = config.member(model)
+    if pretrained and recipe.pretrained_epochs:
+        return PhaseSettings("base", recipe.pretrained_epochs, recipe.lr, 0.0, None, recipe)
+    patience = None if recipe.average_epochs else recipe.patience
+    return PhaseSettings("base", recipe.base_epochs, recipe.lr, 0.0, patience, recipe,
+                         average_epochs=min(recipe.average_epochs, recipe.base_epochs))
 
 
 def finetune_settings(config: Config, model: str | None = None) -> PhaseSettings:
-    """Phase 2 for ``model``: the adversarial share, crafted at its precision, the clean anchor and the model's
-    corruption share."""
-    return PhaseSettings("finetune", config.finetune_epochs, config.finetune_lr, config.adv_ratio, None,
-                         config.corruption(model), model in config.bf16_models, model in config.bf16_crafting,
-                         config.finetune_anchor)
+    """Phase 2 for ``model``, by its recipe: the adversarial share, crafted at its precision, and the clean anchor."""
+    recipe = config.member(model)
+    return PhaseSettings("finetune", recipe.finetune_epochs, recipe.finetune_lr, recipe.adv_ratio, None, recipe,
+                         anchor=recipe.finetune_anchor)
 
 
 def train_phase(
@@ -109,11 +111,11 @@ def train_phase(
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     steps = _Steps(model, config, settings, device, steps_per_epoch, generator, label)
-    transform = train_transform(config.augmentation, config.image_size, settings.corruption_prob)
+    transform = train_transform(config.augmentation, config.image_size, settings.recipe.corruption_prob)
     plan = EpochPlan()
     batches = batch_loader(JitteredBatches(train_set.images, torch.from_numpy(train_set.labels), transform), plan,
                            worker_count(device, distributed.world_size()), pin_memory=device.type == "cuda")
-    keeper = _Keeper(settings, config.select_metric)
+    keeper = _Keeper(settings)
     result = PhaseResult(precision=steps.precision.name, precision_why=steps.precision.why)
     train_seconds, images_seen = 0.0, 0
     progress = tqdm(total=steps.total, desc=f"{label} {settings.name}", unit="step", leave=False,
@@ -144,7 +146,7 @@ def train_phase(
         progress.write(f"{label} {settings.name} epoch {epoch}/{settings.epochs}: "
                        f"{_epoch_line(result.history[-1], val)} | {epoch_seconds:.1f}s")
         if keeper.stop(epoch, model, val, result):
-            progress.write(f"{label} {settings.name}: early stop, no better val {config.select_metric} "
+            progress.write(f"{label} {settings.name}: early stop, no better val {settings.recipe.select_metric} "
                            f"for {keeper.stale} epochs")
             break
     progress.close()
@@ -171,14 +173,14 @@ class _Steps:
                  steps_per_epoch: int, generator: torch.Generator, label: str):
         self.model, self.config, self.settings, self.device, self.generator = model, config, settings, device, generator
         self.total = max(1, settings.epochs * steps_per_epoch)
-        self.optimizer = torch.optim.AdamW(_parameter_groups(model, settings.lr, config.backbone_lr_scale),
-                                           lr=settings.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                           weight_decay=settings.recipe.weight_decay)
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=self.total, lr_min=settings.lr * 0.01, t_in_epochs=False,
-            warmup_t=config.warmup_epochs * steps_per_epoch if settings.name == "base" else 0,
+            warmup_t=settings.recipe.warmup_epochs * steps_per_epoch if settings.name == "base" else 0,
             warmup_lr_init=settings.lr * 0.01,
         )
-        self.precision = training_precision(config.precision, device, settings.bf16)
+        self.precision = training_precision(config.precision, device, settings.recipe.bf16)
         log.info("%s %s: training steps in %s (%s)", label, settings.name, self.precision.name, self.precision.why)
         self.scaler = self.precision.scaler(device)
         self.bf16_crafting = settings.bf16_crafting and self.precision.dtype == torch.bfloat16
@@ -196,8 +198,8 @@ class _Steps:
         for batch_index, (batch, batch_labels) in enumerate(batches, start=1):
             x, y = to_float(batch, device), batch_labels.to(device, non_blocking=True)
             with self.precision.autocast(device):
-                loss, logits = _batch_loss(self.net, x, y, settings.adv_ratio, self.config, self.generator,
-                                           self.anchor, settings.anchor, self.bf16_crafting, crafter=self.model)
+                loss, logits = _batch_loss(self.net, x, y, settings, self.generator, self.anchor,
+                                           self.bf16_crafting, crafter=self.model)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -222,8 +224,8 @@ class _Keeper:
     """The weights a phase keeps: its best epoch on validation (stopping after ``patience`` epochs without a
     better one), its last epoch (``patience`` None), or the mean of its last ``average_epochs`` epochs' weights."""
 
-    def __init__(self, settings: PhaseSettings, metric: str):
-        self.settings, self.metric = settings, metric
+    def __init__(self, settings: PhaseSettings):
+        self.settings, self.metric = settings, settings.recipe.select_metric
         self.average_from = settings.epochs - settings.average_epochs + 1 if settings.average_epochs else None
         self.averaged: AveragedModel | None = None
         self.best_score, self.best_state, self.stale = (-1.0, -1.0), None, 0
@@ -262,16 +264,6 @@ class _Keeper:
             model, val_set.images, batch_size=config.eval_batch_size, device=device))
 
 
-def _parameter_groups(model: torch.nn.Module, lr: float, backbone_scale: float) -> list[dict]:
-    """One group at ``lr``; for a pretrained model, its backbone at ``backbone_scale`` times that (ImageNet
-    features need gentler steps than the new head)."""
-    if not getattr(model, "pretrained_loaded", False) or backbone_scale == 1.0:
-        return [{"params": list(model.parameters()), "lr": lr}]
-    head = {id(p) for p in head_parameters(model)}
-    return [{"params": [p for p in model.parameters() if id(p) in head], "lr": lr},
-            {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr * backbone_scale}]
-
-
 def _selection_score(val: dict, metric: str) -> tuple[float, float]:
     """(chosen metric, the other) so ties break on the other; a one-class split has no AUC, so accuracy only.
 
@@ -282,29 +274,29 @@ def _selection_score(val: dict, metric: str) -> tuple[float, float]:
     return (auc, val["accuracy"]) if metric == "auc" else (val["accuracy"], auc)
 
 
-def _batch_loss(model, x, y, adv_ratio, config, generator, anchor=None, anchor_weight=0.0, bf16_crafting=False,
-                crafter=None):
+def _batch_loss(model, x, y, settings: PhaseSettings, generator, anchor=None, bf16_crafting=False, crafter=None):
     """(loss, logits of the mixed batch): the first adv_ratio of the batch is replaced by FGSM (or PGD-k) images
     crafted against the current weights (of ``crafter``, the bare model when ``model`` is its
     DistributedDataParallel wrapper, whose gradient hooks only the training step may fire), and the whole
-    batch gets cross-entropy. With an ``anchor`` model (the weights phase 2 started from), ``anchor_weight``
+    batch gets cross-entropy. With an ``anchor`` model (the weights phase 2 started from), ``settings.anchor``
     times the KL divergence from its predictions to the model's on the clean images is added, so phase 2 gives
-    up fewer of the base model's clean calls (``config.finetune_anchor``). Attacks and anchor targets are float32
+    up fewer of the base model's clean calls (the recipe's ``finetune_anchor``). Attacks and anchor targets are float32
     unless ``bf16_crafting`` (_phase2_precision).
     """
-    n_adv = int(round(len(x) * adv_ratio))
-    smoothing = config.label_smoothing
+    n_adv = int(round(len(x) * settings.adv_ratio))
+    smoothing = settings.recipe.label_smoothing
     if n_adv == 0:
         logits = model(x)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x, logits
     else:
-        mixed = torch.cat([_adversarial(crafter or model, x[:n_adv], y[:n_adv], config, generator, bf16_crafting), x[n_adv:]])
+        mixed = torch.cat([_adversarial(crafter or model, x[:n_adv], y[:n_adv], settings.recipe, generator,
+                                        bf16_crafting), x[n_adv:]])
         logits = model(mixed)
         loss, clean, clean_logits = F.cross_entropy(logits, y, label_smoothing=smoothing), x[n_adv:], logits[n_adv:]
     if anchor is not None:
         with torch.no_grad(), _phase2_precision(x.device, bf16_crafting):
             target = anchor(clean).softmax(1)
-        loss = loss + anchor_weight * F.kl_div(clean_logits.float().log_softmax(1), target, reduction="batchmean")
+        loss = loss + settings.anchor * F.kl_div(clean_logits.float().log_softmax(1), target, reduction="batchmean")
     return loss, logits
 
 
@@ -315,21 +307,21 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return frozen
 
 
-def _adversarial(model, images, targets, config, generator, bf16_crafting=False):
-    """FGSM (or PGD-k) images for their labels, eps drawn per image from fgsm_epsilons.
+def _adversarial(model, images, targets, recipe: Recipe, generator, bf16_crafting=False):
+    """FGSM (or PGD-k) images for their labels, eps drawn per image from the recipe's fgsm_epsilons.
 
     Crafted in float32 even inside a bf16 training step, unless ``bf16_crafting`` (_phase2_precision)."""
-    eps = sample_epsilons(len(images), config.fgsm_epsilons, generator).to(images.device)
-    steps = config.finetune_attack_steps
+    eps = sample_epsilons(len(images), recipe.fgsm_epsilons, generator).to(images.device)
+    steps = recipe.finetune_attack_steps
     with _phase2_precision(images.device, bf16_crafting):
         if steps > 1:
             return pgd(model, images, targets, eps, steps=steps, step_size=2.5 * eps / steps, generator=generator)
-        return fgsm(model, images, targets, eps, random_start=config.fgsm_random_start, generator=generator)
+        return fgsm(model, images, targets, eps, random_start=recipe.fgsm_random_start, generator=generator)
 
 
 def _phase2_precision(device: torch.device, bf16_crafting: bool) -> ContextManager:
     """Float32 for phase 2's attack crafting and anchor targets, so it trains on attacks as precise as the ones
-    it is evaluated against; with ``bf16_crafting`` (the models ``config.bf16_crafting`` names, when their steps
+    it is evaluated against; with ``bf16_crafting`` (a recipe's ``bf16_crafting``, when its steps
     run in bfloat16), the training step's own precision, which makes ResNet-SE's phase 2 about 1.4x faster on
     CPUs with native bf16. A float16 step never crafts in float16: its unscaled input gradients underflow."""
     return contextlib.nullcontext() if bf16_crafting else torch.autocast(device.type, enabled=False)

@@ -45,7 +45,7 @@ def test_two_processes_train_one_model_and_write_one_run(tmp_path, demo_dir):
                "--data-dir", str(demo_dir), "--checkpoint-dir", str(out / "checkpoints"),
                "--generated-dir", str(out / "generated"), "--viz-dir", str(out / "visualizations"), "--device", "cpu",
                "--epochs", "4", "--batch-size", "16", "--set", "precision=fp32", "max_steps_per_epoch=0", "patience=2", "lr=3e-3",
-               "model_width=(('resnet_se', 0.25),)"]
+               "resnet_se.width=0.25"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]

@@ -113,7 +113,7 @@ def test_a_fold_run_resumes_pools_out_of_fold_and_its_copied_folder_submits_and_
     from deepfake.pipeline import run
     from deepfake.predict import run_predict
 
-    config = run_config(tmp_path / "run", demo_dir, folds=2, models=("resnet_se",), eval_max_images=24)
+    config = run_config(tmp_path / "run", demo_dir, folds=2, models=("resnet_se",), eval_max_images=24, gradcam_images=0)
     results = run(config)
     root = tmp_path / "run" / "checkpoints"
     oof = pd.read_csv(root / "oof.csv")
@@ -135,7 +135,7 @@ def test_a_fold_run_resumes_pools_out_of_fold_and_its_copied_folder_submits_and_
     before = {p: p.stat().st_mtime_ns for p in root.glob("fold_*/*.pt")}
     run(config)  # the same command again: every fold's phases are current
     assert {p: p.stat().st_mtime_ns for p in root.glob("fold_*/*.pt")} == before
-    assert caplog.text.count("final checkpoint matches the config") == 2
+    assert caplog.text.count("final checkpoint matches its recipe") == 2
 
     copied = tmp_path / "kaggle" / "run"
     shutil.copytree(root, copied)
@@ -167,7 +167,7 @@ def test_two_runs_average_and_each_model_is_scored_only_on_images_it_never_train
     from deepfake.submission import run_ensemble
     from deepfake.pipeline import run
 
-    other = run_config(tmp_path / "seed43", demo_dir, seed=43, models=("resnet_se",))
+    other = run_config(tmp_path / "seed43", demo_dir, seed=43, models=("resnet_se",), eval_max_images=16, gradcam_images=0)
     run(other)
     dirs = [tiny_run.checkpoint_dir, other.checkpoint_dir]
     splits = [json.loads((Path(d) / "split.json").read_text()) for d in dirs]

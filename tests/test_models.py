@@ -120,7 +120,7 @@ def test_pretrained_models_without_weights_keep_the_asked_width(caplog):
 
 
 def test_build_from_config_gives_each_model_its_spectrum_head_and_width():
-    config = make_config("tiny", spectrum_models=("convnext_tiny",), model_width=(("convnext_tiny", 0.5),))
+    config = make_config("seed", **{"convnext_tiny.spectrum": True, "convnext_tiny.width": 0.5})
     convnext, resnet = build_from_config("convnext_tiny", config), build_from_config("resnet_se", config)
     assert (convnext.spectrum is not None, convnext.width) == (True, 0.5)
     assert (resnet.spectrum is None, resnet.width) == (True, 1.0)

@@ -1,7 +1,8 @@
 """End to end on demo data: checkpoints, generated samples, results, resume."""
+import json
 import logging
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,11 @@ def test_tiny_run_writes_checkpoints_samples_and_results(tiny_run):
             rescored = classification_metrics(val.labels, predict_fake_proba(load_checkpoint(path), val.images))
             assert rescored["accuracy"] == entry["val"][phase]["accuracy"], "the saved weights are the scored ones"
         final = load_checkpoint(checkpoints / f"{name}_final.pt")
-        assert not final.training and (final.spectrum is not None) == (name in tiny_run.spectrum_models)
-        assert final.width == dict(tiny_run.model_width).get(name, 1.0)
-        assert len(entry["history"]["base"]) == tiny_run.base_epochs
-        assert len(entry["history"]["finetune"]) == tiny_run.finetune_epochs
+        recipe = tiny_run.member(name)
+        assert not final.training and (final.spectrum is not None) == recipe.spectrum
+        assert final.width == recipe.width and entry["recipe"] == json.loads(json.dumps(asdict(recipe)))
+        assert len(entry["history"]["base"]) == recipe.base_epochs
+        assert len(entry["history"]["finetune"]) == recipe.finetune_epochs
         assert entry["images_per_second"]["base"] > 0 and entry["wall_seconds"]["finetune"] > 0
         assert entry["pretrained"] is False
         assert entry["precision"] == dict.fromkeys(("base", "finetune"), "float32"), "the tests pin fp32"
@@ -69,13 +71,14 @@ def test_samples_generated_inside_the_data_folder_are_not_read_back_as_labelled_
 
     with caplog.at_level(logging.INFO, logger="deepfake"):
         run(config)
-    assert "resnet_se: final checkpoint matches the config and its adversarial pool, skipping phase 2" in caplog.text
+    assert "resnet_se: final checkpoint matches its recipe and the adversarial pool, skipping phase 2" in caplog.text
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights_and_a_subset_reuses_only_the_same_finals(
+def test_resuming_gives_the_same_weights_one_recipe_retrains_one_member_and_a_subset_reuses_only_the_same_finals(
         tiny_run, tmp_path, demo_dir, monkeypatch, caplog):
-    """Stopped after one member's phase 1, a run resumes to exactly the finals an uninterrupted run trains; then a
-    --models subset reuses a final only where its best base model, which crafts phase 2's pool, is the same."""
+    """Stopped after one member's phase 1, a run resumes to exactly the finals an uninterrupted run trains; a change
+    to one member's recipe retrains that member alone; a --models subset reuses a final only where its best base
+    model, which crafts phase 2's pool, is the same."""
     import deepfake.pipeline as pipeline
 
     train_phase, phases = pipeline.train_phase, []
@@ -97,7 +100,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_a_subset_reuses_only
 
     with caplog.at_level(logging.INFO, logger="deepfake"):
         run(config)
-    assert f"{first}: base checkpoint matches the config, skipping phase 1" in caplog.text
+    assert f"{first}: base checkpoint matches its recipe, skipping phase 1" in caplog.text
     assert (checkpoints / f"{first}_base.pt").stat().st_mtime_ns == base_written
     for name in tiny_run.models:
         resumed = read_checkpoint(checkpoints / f"{name}_final.pt")["state_dict"]
@@ -106,12 +109,16 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_a_subset_reuses_only
 
     crafter = load_results(results_path(checkpoints))["adversarial_samples"]["crafted_by"]
     other = next(name for name in tiny_run.models if name != crafter)
+    written = {path.name: path.stat().st_mtime_ns for path in checkpoints.glob("*.pt")}
+    run(run_config(tmp_path, demo_dir, **LIGHT, **{f"{other}.finetune_lr": 3e-4}))
+    rewritten = {path.name for path in checkpoints.glob("*.pt") if path.stat().st_mtime_ns != written[path.name]}
+    assert rewritten == {f"{other}_final.pt"}, "its phase 2's recipe changed; nothing else did"
     written = {name: (checkpoints / f"{name}_final.pt").stat().st_mtime_ns for name in (crafter, other)}
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="deepfake"):
         run(run_config(tmp_path, demo_dir, models=(crafter,), **LIGHT))
         run(run_config(tmp_path, demo_dir, models=(other,), **LIGHT))
-    assert f"{crafter}: final checkpoint matches the config and its adversarial pool, skipping phase 2" in caplog.text
+    assert f"{crafter}: final checkpoint matches its recipe and the adversarial pool, skipping phase 2" in caplog.text
     assert (checkpoints / f"{crafter}_final.pt").stat().st_mtime_ns == written[crafter]
     assert f"{other}: final checkpoint matches" not in caplog.text, "its own pool, crafted by itself: retrained"
     retrained = read_checkpoint(checkpoints / f"{other}_final.pt")["state_dict"]
@@ -181,8 +188,7 @@ def test_a_pretrained_timm_member_trains_evaluates_and_joins_the_ensemble(tmp_pa
     weights.mkdir()
     save_file(timm.create_model("test_efficientnet").state_dict(), weights / "test_efficientnet.safetensors")
     config = run_config(tmp_path, demo_dir, models=("resnet_se", "test_efficientnet"), pretrained=True,
-                        require_pretrained=True, weights_dir=str(weights), input_size=48, pretrained_epochs=2,
-                        backbone_lr_scale=0.1, spectrum_models=(), model_width=())
+                        require_pretrained=True, weights_dir=str(weights), input_size=48, pretrained_epochs=2)
     results = run(config)
     entry = results["models"]["test_efficientnet"]
     assert entry["pretrained"] is True and results["models"]["resnet_se"]["pretrained"] is False

@@ -1,5 +1,7 @@
 """The training precision for each kind of card: native bfloat16 where it exists, float16 with a scaler on older
 GPUs, the measured per-model rule on CPUs."""
+import re
+
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def card(monkeypatch):
 ])
 def test_auto_on_a_gpu_is_bfloat16_where_native_else_float16_with_a_scaler(card, name, capability, dtype):
     card(name, capability)
-    for bf16_model in (False, True):  # bf16_models is the CPU's list: on a GPU every model trains mixed
+    for bf16_model in (False, True):  # a recipe's bf16 is for CPUs: on a GPU every model trains mixed
         chosen = training_precision("auto", GPU, bf16_model)
         assert chosen.dtype == dtype and chosen.scaled == (dtype == torch.float16)
         assert f"{name} (compute capability {capability[0]}.{capability[1]})" in chosen.why
@@ -38,12 +40,12 @@ def test_auto_on_a_gpu_is_bfloat16_where_native_else_float16_with_a_scaler(card,
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_on_a_cpu_trains_only_bf16_models_in_bfloat16_and_only_where_native(monkeypatch, native):
+def test_auto_on_a_cpu_trains_only_bf16_recipes_in_bfloat16_and_only_where_native(monkeypatch, native):
     monkeypatch.setattr(precision_module, "_cpu_native_bf16", lambda: native)
     assert native_bf16(CPU) == native
     assert training_precision("auto", CPU, bf16_model=True).dtype == (torch.bfloat16 if native else torch.float32)
     other = training_precision("auto", CPU, bf16_model=False)
-    assert other.dtype == torch.float32 and "only bf16_models" in other.why
+    assert other.dtype == torch.float32 and "only members whose recipe says bf16" in other.why
     assert not training_precision("auto", CPU, bf16_model=True).scaled
 
 
@@ -69,8 +71,8 @@ def test_float32_steps_run_outside_autocast_and_mixed_ones_inside():
 
 
 def test_precision_is_a_checked_training_field():
-    from deepfake.config import TRAINING_KEYS
+    from deepfake.config import SHARED_TRAINING_KEYS
 
-    assert make_config("tiny").precision == "auto" and "precision" in TRAINING_KEYS
-    with pytest.raises(ConfigError, match="unknown precision fp8; choose from auto, fp32, fp16, bf16"):
+    assert make_config("tiny").precision == "auto" and "precision" in SHARED_TRAINING_KEYS
+    with pytest.raises(ConfigError, match=re.escape("precision=fp8 (choose from auto, fp32, fp16, bf16)")):
         make_config("tiny", precision="fp8")

@@ -184,7 +184,7 @@ def test_explain_draws_each_images_call_with_every_models_grad_cam(checkpoint_di
         for label, cam in overlays.items():
             assert f"fake probability {row['proba_' + label.split(' ')[0]]:.3f}" in label
             assert label.endswith(f"Grad-CAM for {row['prediction']}") and cam.shape == (32, 32)
-            assert ("pixel backbone" in label) == (label.split(" ")[0] in tiny_run.spectrum_models)
+            assert ("pixel backbone" in label) == tiny_run.member(label.split(" ")[0]).spectrum
         with Image.open(path) as figure:
             assert figure.format == "PNG" and figure.width > 2 * figure.height
 

@@ -19,7 +19,7 @@ def test_samples_come_only_from_training_images_with_true_labels(tiny_run):
         assert not sources & set(val.paths)
         assert all(item["label"] == train_labels[item["source"]] for item in items)
     eps = [item["eps"] for item in sample_manifest(Path(tiny_run.generated_dir) / "adversarial")["items"]]
-    assert all(min(abs(e - c) for c in tiny_run.fgsm_epsilons) < 1e-6 for e in eps)
+    assert all(min(abs(e - c) for c in tiny_run.recipe.fgsm_epsilons) < 1e-6 for e in eps)
 
 
 def _train_split(config):

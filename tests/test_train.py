@@ -101,19 +101,21 @@ def test_base_phase_keeps_the_epoch_best_on_the_chosen_metric(toy_split, metric,
     assert kept == pytest.approx(result.history[result.best_epoch - 1]["val_acc"])
 
 
-def test_model_lr_replaces_the_base_learning_rate_for_that_model_only():
-    config = make_config("tiny", lr=5e-4, model_lr=(("efficientnet_b0", 2e-3),))
+def test_a_members_learning_rates_replace_the_shared_ones_for_that_member_only():
+    config = make_config("tiny", lr=5e-4, **{"efficientnet_b0.lr": 2e-3, "resnet_se.finetune_lr": 3e-4})
     assert base_settings(config, "efficientnet_b0").lr == 2e-3
     assert base_settings(config, "resnet_se").lr == base_settings(config).lr == 5e-4
-    assert finetune_settings(config).lr == config.finetune_lr
+    assert finetune_settings(config, "resnet_se").lr == 3e-4
+    assert finetune_settings(config, "efficientnet_b0").lr == finetune_settings(config).lr == config.recipe.finetune_lr
 
 
-def test_model_corruption_prob_replaces_the_share_for_that_model_in_both_phases():
-    config = make_config("tiny", corruption_prob=0.5, model_corruption_prob=(("resnet_se", 0.0),))
+def test_a_members_corruption_share_replaces_the_shared_one_in_both_phases():
+    config = make_config("tiny", corruption_prob=0.5, **{"resnet_se.corruption_prob": 0.0})
     for settings in (base_settings, finetune_settings):
-        assert settings(config, "resnet_se").corruption_prob == 0.0
-        assert settings(config, "tf_efficientnet_lite0").corruption_prob == settings(config).corruption_prob == 0.5
-    assert base_settings(config, "tf_efficientnet_lite0", pretrained=True).corruption_prob == 0.5
+        assert settings(config, "resnet_se").recipe.corruption_prob == 0.0
+        assert (settings(config, "tf_efficientnet_lite0").recipe.corruption_prob
+                == settings(config).recipe.corruption_prob == 0.5)
+    assert base_settings(config, "tf_efficientnet_lite0", pretrained=True).recipe.corruption_prob == 0.5
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -121,7 +123,7 @@ def test_adversarial_images_stay_within_the_budget(toy_split, steps):
     train, _ = toy_split
     config = make_config("tiny", fgsm_epsilons=(4 / 255,), fgsm_random_start=True, finetune_attack_steps=steps)
     x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
-    adversarial = _adversarial(toy_model(), x, y, config, torch.Generator().manual_seed(0))
+    adversarial = _adversarial(toy_model(), x, y, config.recipe, torch.Generator().manual_seed(0))
     change = (adversarial - x).abs()
     assert adversarial.shape == x.shape and change.max() <= 4 / 255 + 1e-6 and change.mean() > 1 / 255
     assert adversarial.min() >= 0 and adversarial.max() <= 1
@@ -136,7 +138,7 @@ def test_batch_loss_crafts_only_its_share(toy_split):
     losses = {}
     for eps in (0.0, 8 / 255):
         config = make_config("tiny", fgsm_epsilons=(eps,), finetune_attack_steps=3, label_smoothing=0.0)
-        loss, logits = _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0))
+        loss, logits = _batch_loss(model, x, y, finetune_settings(config), torch.Generator().manual_seed(0))
         losses[eps] = loss.item()
         assert logits.shape == (10, 2) and torch.allclose(logits[-7:], clean_logits[-7:], atol=1e-6)
     assert not torch.allclose(logits[:3], clean_logits[:3]), "the first 30% of the batch must be attacked"
@@ -154,7 +156,7 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
     x, y = to_float(as_nchw_uint8(val.images), CPU), torch.from_numpy(val.labels)
     losses = {}
     for steps in (1, 5):
-        share = _adversarial(model, x, y, replace(config, finetune_attack_steps=steps),
+        share = _adversarial(model, x, y, replace(config.recipe, finetune_attack_steps=steps),
                              torch.Generator().manual_seed(0))
         with torch.no_grad():
             losses[steps] = nn.functional.cross_entropy(model.eval()(share), y).item()
@@ -163,13 +165,13 @@ def test_pgd_share_is_a_stronger_attack_than_the_fgsm_share(toy_split):
 
 @pytest.mark.parametrize("bf16_crafting", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
-def test_bf16_models_train_under_bfloat16_autocast_only_where_it_is_fast(toy_split, monkeypatch, fast, bf16_crafting):
-    config = make_config("tiny", precision="auto", bf16_models=("resnet_se", "convnext_tiny"), max_steps_per_epoch=1,
-                         finetune_attack_steps=1, bf16_crafting=("resnet_se",) if bf16_crafting else ())
-    assert base_settings(config, "resnet_se").bf16 and finetune_settings(config, "resnet_se").bf16
-    assert not base_settings(config, "efficientnet_b0").bf16 and not finetune_settings(config).bf16
+def test_bf16_recipes_train_under_bfloat16_autocast_only_where_it_is_fast(toy_split, monkeypatch, fast, bf16_crafting):
+    config = make_config("tiny", precision="auto", max_steps_per_epoch=1, finetune_attack_steps=1,
+                         **{"resnet_se.bf16_crafting": bf16_crafting})
+    assert base_settings(config, "resnet_se").recipe.bf16 and finetune_settings(config, "resnet_se").recipe.bf16
+    assert not base_settings(config, "efficientnet_b0").recipe.bf16 and not finetune_settings(config).recipe.bf16
     assert finetune_settings(config, "resnet_se").bf16_crafting == bf16_crafting
-    assert not finetune_settings(config, "convnext_tiny").bf16_crafting, "only the models bf16_crafting names"
+    assert not finetune_settings(config, "convnext_tiny").bf16_crafting, "only the recipes that ask for it"
     assert not base_settings(config, "resnet_se").bf16_crafting, "phase 1 crafts nothing"
     monkeypatch.setattr(precision_module, "native_bf16", lambda device: fast)
     model, seen = toy_model(), []
@@ -201,9 +203,9 @@ def test_anchor_targets_are_float32_unless_bf16_crafting(toy_split, bf16_craftin
     model = toy_model()
     anchor, seen = _frozen_copy(model), []
     anchor[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    config = make_config("tiny", fgsm_epsilons=(8 / 255,))
+    config = make_config("tiny", fgsm_epsilons=(8 / 255,), finetune_anchor=1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 training step the anchor sits in
-        _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0), anchor, 1.0, bf16_crafting)
+        _batch_loss(model, x, y, finetune_settings(config), torch.Generator().manual_seed(0), anchor, bf16_crafting)
     assert seen == [torch.bfloat16 if bf16_crafting else torch.float32]
 
 
@@ -217,7 +219,7 @@ def _step_dtypes(model: nn.Module) -> dict[bool, list]:
 def test_float16_steps_go_through_the_gradient_scaler(toy_split, monkeypatch):
     train, val = toy_split
     config = make_config("tiny", precision="fp16", batch_size=32, max_steps_per_epoch=4, lr=3e-3,
-                         bf16_models=("resnet_se",), bf16_crafting=("resnet_se",), finetune_attack_steps=1)
+                         finetune_attack_steps=1, **{"resnet_se.bf16_crafting": True})
     scalers = []
     make_scaler = precision_module.Precision.scaler
     monkeypatch.setattr(precision_module.Precision, "scaler",
@@ -238,13 +240,13 @@ def test_float16_steps_go_through_the_gradient_scaler(toy_split, monkeypatch):
 
 
 @pytest.mark.skipif(not precision_module.native_bf16(CPU), reason="this CPU has no native bfloat16")
-def test_auto_trains_bf16_models_in_bfloat16_on_a_cpu_that_computes_it(toy_split):
+def test_auto_trains_bf16_recipes_in_bfloat16_on_a_cpu_that_computes_it(toy_split):
     train, val = toy_split
     config = make_config("tiny", precision="auto", max_steps_per_epoch=2)
     for bf16_model, dtype in ((True, torch.bfloat16), (False, torch.float32)):
         model = toy_model()
         seen = _step_dtypes(model)
-        settings = replace(base_settings(config), epochs=1, bf16=bf16_model)
+        settings = replace(base_settings(config), epochs=1, recipe=replace(config.recipe, bf16=bf16_model))
         result = train_phase(model, train, val, config, settings, CPU, "toy")
         assert seen[True] == [dtype] * 2 and result.precision == str(dtype).removeprefix("torch.")
 
@@ -253,15 +255,16 @@ def test_anchor_term_is_zero_at_the_starting_weights(toy_split):
     train, _ = toy_split
     x, y = to_float(as_nchw_uint8(train.images[:10]), CPU), torch.from_numpy(train.labels[:10])
     model = toy_model().eval()
-    config = make_config("tiny", fgsm_epsilons=(8 / 255,), finetune_attack_steps=3)
-    plain, _ = _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0))
-    anchored, _ = _batch_loss(model, x, y, 0.3, config, torch.Generator().manual_seed(0), _frozen_copy(model), 5.0)
+    settings = finetune_settings(make_config("tiny", fgsm_epsilons=(8 / 255,), finetune_attack_steps=3,
+                                             finetune_anchor=5.0))
+    plain, _ = _batch_loss(model, x, y, settings, torch.Generator().manual_seed(0))
+    anchored, _ = _batch_loss(model, x, y, settings, torch.Generator().manual_seed(0), _frozen_copy(model))
     assert anchored.item() == pytest.approx(plain.item(), abs=1e-5)
     moved = toy_model().eval()
     with torch.no_grad():
         moved[-1].bias.add_(torch.tensor([1.0, -1.0]))
-    drifted, _ = _batch_loss(moved, x, y, 0.3, config, torch.Generator().manual_seed(0), _frozen_copy(model), 5.0)
-    undrifted, _ = _batch_loss(moved, x, y, 0.3, config, torch.Generator().manual_seed(0))
+    drifted, _ = _batch_loss(moved, x, y, settings, torch.Generator().manual_seed(0), _frozen_copy(model))
+    undrifted, _ = _batch_loss(moved, x, y, settings, torch.Generator().manual_seed(0))
     assert drifted.item() > undrifted.item() + 0.1, "moving away from the anchor's clean calls must cost loss"
 
 
@@ -276,7 +279,8 @@ def test_finetune_anchor_keeps_more_of_the_base_models_clean_calls(toy_split):
         base_calls = base.eval()(x).argmax(1)
     kept = {}
     for weight in (0.0, 5.0):
-        anchored = replace(config, finetune_anchor=weight)
+        anchored = make_config("tiny", batch_size=32, base_epochs=15, patience=15, finetune_epochs=6, lr=3e-3,
+                               finetune_lr=3e-3, max_steps_per_epoch=0, fgsm_epsilons=(0.1,), finetune_anchor=weight)
         assert finetune_settings(anchored).anchor == weight and base_settings(anchored).anchor == 0
         model = copy.deepcopy(base)
         train_phase(model, train, val, anchored, finetune_settings(anchored), CPU, "toy")
@@ -315,18 +319,8 @@ def test_averaged_weights_get_batch_norm_statistics_of_their_own(toy_split):
     torch.testing.assert_close(model[1].running_mean, first_conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
-def test_a_pretrained_member_fine_tunes_briefly_with_a_gentler_backbone():
-    from deepfake.models import build_model
-    from deepfake.train import _parameter_groups
-
-    config = make_config("full", pretrained_epochs=3, backbone_lr_scale=0.1)
+def test_a_pretrained_member_fine_tunes_briefly():
+    config = make_config("full", pretrained_epochs=3)
     short = base_settings(config, "test_efficientnet", pretrained=True)
     assert (short.epochs, short.patience, short.average_epochs) == (3, None, 0)  # the last of 3 epochs is kept
     assert base_settings(config, "resnet_se").epochs == 30 and base_settings(config, "resnet_se").average_epochs == 10
-    model = build_model("test_efficientnet")
-    assert len(_parameter_groups(model, 1e-3, 0.1)) == 1  # from scratch: one rate for every layer
-    model.pretrained_loaded = True
-    head, backbone = _parameter_groups(model, 1e-3, 0.1)
-    assert head["lr"] == 1e-3 and backbone["lr"] == pytest.approx(1e-4)
-    assert {id(p) for p in head["params"]} == {id(p) for p in model.backbone.classifier.parameters()}
-    assert len(head["params"]) + len(backbone["params"]) == len(list(model.parameters()))
