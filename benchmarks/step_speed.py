@@ -46,14 +46,14 @@ def step_speed(name: str, config: Config, device: torch.device, bf16: bool, comp
     torch.manual_seed(config.seed)
     model = build_from_config(name, config).to(device)
     run = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.member(name).lr,
-                                  weight_decay=config.member(name).weight_decay)
+    recipe = config.member(name)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     x = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device)
     y = torch.randint(0, 2, (config.batch_size,), device=device)
 
     def train_step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(run(x), y, label_smoothing=config.member(name).label_smoothing)
+            loss = F.cross_entropy(run(x), y, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -182,8 +182,8 @@ PRESETS: dict[str, dict] = {
     # features are otherwise blind under blur); ResNet-SE (no ImageNet weights) trains from scratch as in full.
     "pretrained": dict(
         _FULL, require_pretrained=True, pretrained=True, input_size=64, pretrained_epochs=8, corruption_prob=0.5,
-        members={"convnext_tiny": dict(bf16=True),
-                 "resnet_se": dict(pretrained=False, corruption_prob=0.0, bf16=True, bf16_crafting=True)},
+        members={"convnext_tiny": dict(bf16=True),  # full width, the shared learning rate, no spectrum head
+                 "resnet_se": dict(_FULL["members"]["resnet_se"], pretrained=False, corruption_prob=0.0)},
     ),
     # The original seed notebook's recipe, kept so it can be rerun and compared.
     "seed": {},
